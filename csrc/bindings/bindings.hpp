@@ -1,0 +1,9 @@
+// Shared declarations of the binding files. Only csrc/bindings/ includes pybind11.
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace tsb {
+void register_errors(pybind11::module_& m);
+void register_format(pybind11::module_& m);
+void register_io(pybind11::module_& m);
+}  // namespace tsb

@@ -1,0 +1,87 @@
+// Sources and the parsed index.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "bindings.hpp"
+#include "tensorstream/errors.hpp"
+#include "tensorstream/format/tensorizer.hpp"
+#include "tensorstream/io/source.hpp"
+
+namespace py = pybind11;
+
+namespace tsb {
+
+namespace {
+
+py::str lenient_str(const std::string& raw) {
+  PyObject* s = PyUnicode_DecodeUTF8(raw.data(), static_cast<Py_ssize_t>(raw.size()), "surrogateescape");
+  if (!s) throw py::error_already_set();
+  return py::reinterpret_steal<py::str>(s);
+}
+
+// The buffer view (and through it the exporting object) lives as long as the source.
+std::shared_ptr<ts::MemorySource> memory_source(py::buffer b) {
+  auto* info = new py::buffer_info(b.request());
+  std::shared_ptr<void> owner(info, [](py::buffer_info* p) {
+    py::gil_scoped_acquire gil;
+    delete p;
+  });
+  return std::make_shared<ts::MemorySource>(static_cast<const uint8_t*>(info->ptr),
+                                            static_cast<uint64_t>(info->size * info->itemsize), owner);
+}
+
+}  // namespace
+
+void register_format(py::module_& m) {
+  py::class_<ts::Source, std::shared_ptr<ts::Source>>(m, "Source")
+      .def_property_readonly("size", &ts::Source::size)
+      .def_property_readonly("name", &ts::Source::name)
+      .def("__repr__", [](const ts::Source& s) { return "<tensorstream Source " + s.name() + ">"; });
+  py::class_<ts::FileSource, ts::Source, std::shared_ptr<ts::FileSource>>(m, "FileSource")
+      .def(py::init<const std::string&>(), py::arg("path"))
+      .def_static("from_fd", &ts::FileSource::from_fd, py::arg("fd"));
+  py::class_<ts::MemorySource, ts::Source, std::shared_ptr<ts::MemorySource>>(m, "MemorySource")
+      .def(py::init(&memory_source), py::arg("buffer"));
+
+  py::class_<ts::tz::IndexEntry>(m, "Entry")
+      .def_property_readonly("name", [](const ts::tz::IndexEntry& e) { return py::bytes(e.name); })
+      .def_readonly("tensor_type", &ts::tz::IndexEntry::tensor_type)
+      .def_property_readonly("dtype", [](const ts::tz::IndexEntry& e) { return lenient_str(e.dtype); })
+      .def_property_readonly("shape",
+                             [](const ts::tz::IndexEntry& e) {
+                               py::tuple t(e.shape.size());
+                               for (size_t i = 0; i < e.shape.size(); ++i) t[i] = py::int_(e.shape[i]);
+                               return t;
+                             })
+      .def_readonly("itemsize", &ts::tz::IndexEntry::itemsize)
+      .def_readonly("header_offset", &ts::tz::IndexEntry::header_offset)
+      .def_readonly("data_offset", &ts::tz::IndexEntry::data_offset)
+      .def_readonly("data_length", &ts::tz::IndexEntry::data_length)
+      .def_readonly("entry_version", &ts::tz::IndexEntry::entry_version)
+      .def_property_readonly("is_meta", &ts::tz::IndexEntry::is_meta)
+      .def("__repr__", [](const ts::tz::IndexEntry& e) -> std::string {
+        return "<Entry " + ts::printable_name(e.name) + " " + ts::printable_name(e.dtype) + ">";
+      });
+
+  py::class_<ts::tz::Index, std::shared_ptr<ts::tz::Index>>(m, "Index")
+      .def_property_readonly("version", [](const ts::tz::Index& i) { return i.header.version; })
+      .def_property_readonly("feature_flags", [](const ts::tz::Index& i) { return i.header.feature_flags; })
+      .def_property_readonly("tensor_size", [](const ts::tz::Index& i) { return i.header.tensor_size; })
+      .def_property_readonly("metadata_len", [](const ts::tz::Index& i) { return i.header.metadata_len; })
+      .def_property_readonly("encrypted", [](const ts::tz::Index& i) { return i.header.encrypted(); })
+      .def_property_readonly("versioned_headers",
+                             [](const ts::tz::Index& i) { return i.header.versioned_headers(); })
+      .def_readonly("file_size", &ts::tz::Index::file_size)
+      .def_readonly("entries", &ts::tz::Index::entries)
+      .def("__len__", [](const ts::tz::Index& i) { return i.entries.size(); });
+
+  m.def(
+      "read_index",
+      [](const std::shared_ptr<ts::Source>& src) {
+        py::gil_scoped_release nogil;
+        return std::make_shared<ts::tz::Index>(ts::tz::read_index(*src));
+      },
+      py::arg("source"));
+}
+
+}  // namespace tsb

@@ -1,0 +1,8 @@
+#include "bindings.hpp"
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "tensorstream's C++ core: .tensors parsing and writing, io_uring/pread read engines";
+  tsb::register_errors(m);
+  tsb::register_format(m);
+  tsb::register_io(m);
+}

@@ -1,0 +1,56 @@
+// Typed errors of the core. Bindings map each to one Python class (csrc/bindings/errors.cpp).
+#pragma once
+#include <stdexcept>
+#include <string>
+
+namespace ts {
+
+// A malformed file: names the tensor (may be empty) and the field that broke a rule.
+class FormatError : public std::runtime_error {
+ public:
+  FormatError(const std::string& msg, std::string tensor = {}, std::string field = {});
+  const std::string& tensor() const noexcept { return tensor_; }
+  const std::string& field() const noexcept { return field_; }
+
+ private:
+  std::string tensor_, field_;
+};
+
+// A stored CRC32 or SHA-256 does not match the bytes read.
+class HashMismatchError : public std::runtime_error {
+ public:
+  HashMismatchError(const std::string& msg, std::string tensor);
+  const std::string& tensor() const noexcept { return tensor_; }
+
+ private:
+  std::string tensor_;
+};
+
+// The file is encrypted and no key was given.
+class KeyRequiredError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// A failed system call: keeps errno and the path it concerned.
+class IoError : public std::runtime_error {
+ public:
+  IoError(int err, const std::string& what, std::string path);
+  int code() const noexcept { return code_; }
+  const std::string& path() const noexcept { return path_; }
+
+ private:
+  int code_;
+  std::string path_;
+};
+
+// Printable form of a tensor name: UTF-8 as is, other bytes escaped, long names shortened.
+std::string printable_name(const std::string& raw);
+
+}  // namespace ts
+
+// Builds the message only on failure.
+#define TS_FORMAT_CHECK(cond, msg, tensor, field)                  \
+  do {                                                             \
+    if (!(cond)) throw ::ts::FormatError((msg), (tensor), (field)); \
+  } while (0)

@@ -1,0 +1,71 @@
+// Read engines: execute a list of reads into caller memory with bounded chunks in flight.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "tensorstream/io/source.hpp"
+
+namespace ts {
+
+struct ReadOp {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  uint8_t* dst = nullptr;
+};
+
+// Called once per finished chunk with the op's position and the chunk's byte count. The posix
+// engine calls it from several threads at once; the io_uring engine from the calling thread.
+using ChunkDone = std::function<void(size_t op, uint64_t bytes)>;
+
+// A read that failed: which op, and why. The loader names the tensor.
+class ReadFailure : public std::runtime_error {
+ public:
+  ReadFailure(size_t op, int err, const std::string& what) : std::runtime_error(what), op_(op), err_(err) {}
+  size_t op() const { return op_; }
+  int err() const { return err_; }  // 0: the source ended early
+
+ private:
+  size_t op_;
+  int err_;
+};
+
+struct EngineOptions {
+  std::string backend = "auto";  // auto | uring | posix
+  unsigned threads = 0;          // 0: one per hardware thread (posix engine, hashing)
+  size_t chunk_bytes = 0;        // 0: default
+  unsigned queue_depth = 0;      // 0: default
+};
+
+class ReadEngine {
+ public:
+  virtual ~ReadEngine() = default;
+  virtual const char* name() const = 0;
+  // Reads every op whole. On failure it lets reads already in flight finish, then throws
+  // ReadFailure (or IoError); it never returns while a read may still write to a destination.
+  virtual void run(const std::vector<ReadOp>& ops, const ChunkDone& done) = 0;
+};
+
+std::unique_ptr<ReadEngine> make_engine(const Source& src, const EngineOptions& opts);
+
+// Whether io_uring can be set up here, and if not, why.
+bool uring_available(std::string* why);
+unsigned default_threads();
+
+// One chunk of an op, as engines cut them.
+struct Piece {
+  size_t op;
+  uint64_t offset;
+  uint64_t length;
+  uint8_t* dst;
+};
+std::vector<Piece> cut_pieces(const std::vector<ReadOp>& ops, size_t chunk_bytes);
+
+// Engines, built by make_engine.
+std::unique_ptr<ReadEngine> make_posix_engine(const Source& src, unsigned threads, size_t chunk_bytes);
+std::unique_ptr<ReadEngine> make_uring_engine(const Source& src, unsigned depth, size_t chunk_bytes);
+
+}  // namespace ts

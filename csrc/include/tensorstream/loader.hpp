@@ -1,0 +1,42 @@
+// Executes a load plan: per-tensor headers into scratch, data straight into caller memory,
+// hashes checked in worker threads.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tensorstream/format/tensorizer.hpp"
+#include "tensorstream/io/engine.hpp"
+#include "tensorstream/io/source.hpp"
+
+namespace ts {
+
+struct LoadRequest {
+  size_t entry = 0;        // position in the index
+  uint8_t* dst = nullptr;  // data_length bytes; null for meta tensors
+  uint64_t nbytes = 0;
+};
+
+struct LoadStats {
+  uint64_t bytes = 0;
+  uint64_t reads = 0;
+  double header_seconds = 0, data_seconds = 0, hash_seconds = 0;
+};
+
+class Loader {
+ public:
+  Loader(std::shared_ptr<Source> src, EngineOptions opts);
+  const char* backend() const { return engine_->name(); }
+  const Source& source() const { return *src_; }
+  void load(const tz::Index& index, const std::vector<LoadRequest>& requests, bool verify_hash);
+  const LoadStats& stats() const { return stats_; }
+
+ private:
+  std::shared_ptr<Source> src_;
+  EngineOptions opts_;
+  std::unique_ptr<ReadEngine> engine_;
+  LoadStats stats_;
+};
+
+}  // namespace ts

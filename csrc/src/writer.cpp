@@ -1,0 +1,154 @@
+#include "tensorstream/writer.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+#include "tensorstream/errors.hpp"
+#include "tensorstream/hash.hpp"
+#include "tensorstream/io/engine.hpp"
+
+namespace ts {
+
+namespace {
+
+size_t index_bytes(const std::vector<tz::IndexEntry>& entries, bool tagged) {
+  std::vector<uint8_t> out;
+  for (const auto& e : entries) tz::append_index_entry(out, e, tagged);
+  return out.size();
+}
+
+}  // namespace
+
+Writer::Writer(int fd, unsigned threads)
+    : threads_(threads ? threads : default_threads()), next_(tz::kFileHeaderSize + tz::kWriterMetadataLen) {
+  fd_ = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (fd_ < 0) throw IoError(errno, "cannot duplicate descriptor", "");
+  header_.version = 1;
+  header_.metadata_len = tz::kWriterMetadataLen;
+}
+
+Writer::~Writer() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void Writer::close() {
+  if (fd_ < 0) return;
+  int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) throw IoError(errno, "closing the written file failed", "");
+}
+
+void Writer::pwrite_all(const void* data, size_t n, uint64_t offset) const {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (n) {
+    size_t want = std::min<size_t>(n, 1u << 30);
+    ssize_t w = ::pwrite(fd_, p, want, static_cast<off_t>(offset));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      throw IoError(errno, "write failed", "");
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+    offset += static_cast<uint64_t>(w);
+  }
+}
+
+void Writer::write(const std::vector<WriteRecord>& records) {
+  if (fd_ < 0) throw std::runtime_error("writer is closed");
+  // Lay out every record and its index entry first; refuse before writing if the index overflows.
+  std::vector<tz::IndexEntry> added;
+  std::vector<tz::BuiltHeader> headers;
+  uint32_t version = header_.version;
+  bool versioned = versioned_;
+  uint64_t pos = next_, data_bytes = 0;
+  for (const auto& rec : records) {
+    const auto& s = rec.spec;
+    if (!s.is_meta && s.data_length && !rec.data)
+      throw std::invalid_argument("record " + printable_name(s.name) + " has no data");
+    bool long_shape = tz::has_long_dim(s.shape);
+    headers.push_back(tz::build_tensor_header(s, long_shape));
+    tz::IndexEntry e;
+    e.entry_version = long_shape ? 5 : 1;
+    e.name = s.name;
+    e.tensor_type = s.tensor_type;
+    e.dtype = s.dtype;
+    e.shape = s.shape;
+    e.header_offset = pos;
+    e.data_offset = pos + headers.back().bytes.size();
+    e.data_length = s.is_meta ? 0 : s.data_length;
+    pos = e.data_offset + e.data_length;
+    data_bytes += e.data_length;
+    version = std::max(version, tz::record_version(s));
+    versioned = versioned || long_shape;
+    added.push_back(std::move(e));
+  }
+  std::vector<tz::IndexEntry> all(entries_);
+  all.insert(all.end(), added.begin(), added.end());
+  if (index_bytes(all, versioned) > tz::kWriterMetadataLen)
+    throw std::length_error("too many tensors: the index would exceed its " +
+                            std::to_string(tz::kWriterMetadataLen) + " bytes");
+
+  // Hash and write the records in parallel; large records first so the threads finish together.
+  std::vector<size_t> order(records.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return added[a].data_length > added[b].data_length;
+  });
+  std::atomic<size_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mu;
+  auto worker = [&] {
+    for (size_t k; (k = next.fetch_add(1)) < order.size();) {
+      size_t i = order[k];
+      try {
+        TensorHasher h;
+        h.update(headers[i].bytes.data(), headers[i].bytes.size());
+        h.update(records[i].data, added[i].data_length);
+        auto sha = h.sha256();
+        tz::set_header_hashes(headers[i], h.crc32(), sha.data());
+        pwrite_all(headers[i].bytes.data(), headers[i].bytes.size(), added[i].header_offset);
+        pwrite_all(records[i].data, added[i].data_length, added[i].data_offset);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mu);
+        if (!error) error = std::current_exception();
+        next = order.size();
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  size_t n = std::min<size_t>(threads_, order.size());
+  for (size_t t = 1; t < n; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
+
+  entries_ = std::move(all);
+  header_.version = version;
+  versioned_ = versioned;
+  header_.tensor_size += data_bytes;
+  header_.tensor_count = entries_.size();
+  next_ = pos;
+  commit_prologue();
+}
+
+void Writer::commit_prologue() {
+  const uint64_t zero = 0;
+  pwrite_all(&zero, sizeof zero, next_);  // terminator; the next record overwrites it
+  if (versioned_) header_.feature_flags |= tz::kFlagVersionedHeaders;
+  std::vector<uint8_t> index;
+  index.reserve(tz::kWriterMetadataLen);
+  for (const auto& e : entries_) tz::append_index_entry(index, e, versioned_);
+  index.resize(tz::kWriterMetadataLen, 0);
+  pwrite_all(index.data(), index.size(), tz::kFileHeaderSize);
+  auto fh = tz::build_file_header(header_);
+  pwrite_all(fh.data(), fh.size(), 0);
+}
+
+}  // namespace ts
