@@ -60,7 +60,7 @@ void register_io(py::module_& m) {
              const std::vector<std::tuple<size_t, uintptr_t, uint64_t>>& requests, bool verify_hash) {
             auto reqs = to_requests(requests);
             py::gil_scoped_release nogil;
-            self.load(index, reqs, verify_hash);
+            return self.load(index, reqs, verify_hash);
           },
           py::arg("index"), py::arg("requests"), py::arg("verify_hash") = false)
       .def("stats", [](const ts::Loader& self) {

@@ -87,10 +87,10 @@ void check_requests(const tz::Index& index, const std::vector<LoadRequest>& reqs
 Loader::Loader(std::shared_ptr<Source> src, EngineOptions opts)
     : src_(std::move(src)), opts_(std::move(opts)), engine_(make_engine(*src_, opts_)) {}
 
-void Loader::load(const tz::Index& index, const std::vector<LoadRequest>& reqs, bool verify) {
+std::vector<uint16_t> Loader::load(const tz::Index& index, const std::vector<LoadRequest>& reqs, bool verify) {
   stats_ = LoadStats{};
   check_requests(index, reqs);
-  if (reqs.empty()) return;
+  if (reqs.empty()) return {};
   if (index.header.encrypted())
     throw KeyRequiredError("'" + src_->name() + "' is encrypted: a decryption key is needed to load it");
 
@@ -165,6 +165,10 @@ void Loader::load(const tz::Index& index, const std::vector<LoadRequest>& reqs, 
   hashers.wait();
   stats_.hash_seconds = since(t0);
   stats_.reads += ops.size();
+  std::vector<uint16_t> modules;
+  modules.reserve(checks.size());
+  for (const auto& c : checks) modules.push_back(c.header.module_idx);
+  return modules;
 }
 
 }  // namespace ts

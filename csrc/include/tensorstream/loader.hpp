@@ -29,7 +29,8 @@ class Loader {
   Loader(std::shared_ptr<Source> src, EngineOptions opts);
   const char* backend() const { return engine_->name(); }
   const Source& source() const { return *src_; }
-  void load(const tz::Index& index, const std::vector<LoadRequest>& requests, bool verify_hash);
+  // Returns each request's module_idx (from its per-tensor header), in request order.
+  std::vector<uint16_t> load(const tz::Index& index, const std::vector<LoadRequest>& requests, bool verify_hash);
   const LoadStats& stats() const { return stats_; }
 
  private:
