@@ -1,0 +1,181 @@
+"""The child side of the benchmarks: one save or one load per process, reported as JSON.
+
+bench_local.py starts itself with --worker; that calls main() here with a spec saying what to do.
+Library imports happen before the timed region; checks happen after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import _system
+
+COPY_THREADS = 2
+HUGE = 2 << 20
+
+
+def _loader(method: str):
+    """Import the method's library (outside the timed region); return load(path).
+
+    load returns (name -> tensor mapping, engine description, object to close afterwards).
+    """
+    import torch
+
+    if method.startswith("ts-"):
+        import tensorstream
+
+        def load(path):
+            d = tensorstream.TensorDeserializer(path, device="cpu")
+            return dict(d.items()), str(getattr(d, "io_backend", "?")), d
+    elif method == "tensorizer":
+        from tensorizer import TensorDeserializer
+
+        def load(path):
+            d = TensorDeserializer(path, device="cpu")
+            return dict(d.items()), f"{getattr(d, '_num_readers', '?')} readers", d
+    elif method == "safetensors":
+        from safetensors.torch import load_file
+
+        def load(path):
+            return load_file(path, device="cpu"), "", None
+    else:
+        mmap = method == "torch.load-mmap"
+
+        def load(path):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap), "", None
+    return load
+
+
+def _saver(fmt: str):
+    """Import the format's library (outside the timed region); return save(state_dict, path)."""
+    import torch
+
+    if fmt in ("tensorstream", "tensorizer"):
+        if fmt == "tensorstream":
+            from tensorstream import TensorSerializer
+        else:
+            from tensorizer import TensorSerializer
+
+        def save(sd, path):
+            s = TensorSerializer(path)
+            s.write_state_dict(sd)
+            s.close()
+    elif fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        def save(sd, path):
+            save_file(sd, path)
+    else:
+        def save(sd, path):
+            torch.save(sd, path)
+    return save
+
+
+def _load_worker(spec: dict) -> dict:
+    import _model
+
+    with open(spec["reference"]) as f:
+        expected = json.load(f)["tensors"]
+    load = _loader(spec["method"])
+    base = _system.status_mib("VmRSS")
+    t0 = time.perf_counter()
+    tensors, engine, handle = load(spec["path"])
+    touched = _model.touch_pages(tensors.values())
+    seconds = time.perf_counter() - t0
+    problems = _model.compare(expected, _model.checksums(tensors))
+    if not problems and touched != sum(t["touch"] for t in expected.values()):
+        problems = ["data arrived after the load returned (touched bytes differ)"]
+    if hasattr(handle, "close"):
+        handle.close()
+    return {"seconds": seconds, "engine": engine, "base_rss_mib": base,
+            "check": "FAIL: " + "; ".join(problems[:3]) if problems else "pass"}
+
+
+def _fresh_buffer(size: int, huge: bool) -> tuple[memoryview, object]:
+    """Fresh anonymous memory for `size` bytes, 2 MiB aligned, advised for huge pages or not.
+
+    Plain np.empty is not used: numpy itself advises large arrays MADV_HUGEPAGE.
+    """
+    import ctypes
+    import mmap
+
+    m = mmap.mmap(-1, size + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    m.madvise(mmap.MADV_HUGEPAGE if huge else mmap.MADV_NOHUGEPAGE)
+    anchor = ctypes.c_char.from_buffer(m)
+    offset = -ctypes.addressof(anchor) % HUGE
+    del anchor
+    return memoryview(m)[offset:offset + size], m
+
+
+def _pread_range(fd: int, view: memoryview, start: int, stop: int, chunk: int = 8 << 20) -> None:
+    pos = start
+    while pos < stop:
+        n = os.preadv(fd, [view[pos:min(stop, pos + chunk)]], pos)
+        if n <= 0:
+            raise OSError(f"short read at offset {pos}")
+        pos += n
+
+
+def _copy_worker(spec: dict) -> dict:
+    """Ceiling: copy the file from the page cache into fresh memory with 2 threads."""
+    import threading
+    import zlib
+
+    base = _system.status_mib("VmRSS")
+    huge_before = _system.anon_huge_mib()
+    t0 = time.perf_counter()
+    fd = os.open(spec["path"], os.O_RDONLY)
+    size = os.fstat(fd).st_size
+    view, holder = _fresh_buffer(size, spec["method"] == "copy-thp")
+    cuts = [size * i // COPY_THREADS // HUGE * HUGE for i in range(COPY_THREADS)] + [size]
+    threads = [threading.Thread(target=_pread_range, args=(fd, view, a, b))
+               for a, b in zip(cuts, cuts[1:])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    os.close(fd)
+    seconds = time.perf_counter() - t0
+    thp = _system.anon_huge_mib() - huge_before
+    ok = zlib.crc32(view) == spec["file_crc32"]
+    result = {"seconds": seconds, "base_rss_mib": base, "huge_mib": thp,
+                  "engine": f"{COPY_THREADS} threads",
+                  "check": "pass" if ok else "FAIL: copied bytes differ from the file"}
+    view.release()
+    holder.close()
+    return result
+
+
+def _save_worker(spec: dict) -> dict:
+    import _model
+
+    save = _saver(spec["format"])
+    t0 = time.perf_counter()
+    sd = _model.generate(spec["size_bytes"], spec["seed"])
+    generate_s = time.perf_counter() - t0
+    sums = _model.checksums(sd)
+    model_rss = _system.status_mib("VmRSS")
+    reset = _system.reset_peak_rss()
+    times = []
+    for _ in range(spec["runs"]):
+        if os.path.exists(spec["path"]):
+            os.unlink(spec["path"])
+        os.sync()  # earlier dirty pages should not be written back inside the timed region
+        t0 = time.perf_counter()
+        save(sd, spec["path"])
+        times.append(time.perf_counter() - t0)
+    return {"seconds": times, "generate_s": generate_s, "tensors": sums,
+            "model_rss_mib": model_rss, "peak_reset": reset, "check": "pass",
+            "file_size": os.path.getsize(spec["path"])}
+
+
+def main(spec: dict) -> None:
+    kind = spec["kind"]
+    run = {"load": _load_worker, "copy": _copy_worker, "save": _save_worker}[kind]
+    result = run(spec)
+    result["peak_rss_mib"] = _system.peak_rss_mib()
+    result["hwm_mib"] = _system.status_mib("VmHWM")
+    with open(spec["out"], "w") as f:
+        json.dump(result, f)

@@ -1,0 +1,87 @@
+"""tensorstream: save PyTorch tensors in tensorizer's ``.tensors`` format and load them fast.
+
+``TensorSerializer`` / ``TensorDeserializer`` follow tensorizer's API; ``save``, ``load`` and
+``load_module`` are the short forms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from importlib import metadata as _metadata
+from typing import Any
+
+import torch
+
+from . import utils
+from ._device import DeviceLike
+from ._native import core_features as _core_features
+from .errors import CryptographyError, FormatError, HashMismatchError, KeyRequiredError, TensorstreamError
+from .serialization import TensorDeserializer, TensorSerializer, TensorType
+
+try:
+    __version__ = _metadata.version("tensorstream")
+except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "TensorSerializer",
+    "TensorDeserializer",
+    "TensorType",
+    "TensorstreamError",
+    "FormatError",
+    "HashMismatchError",
+    "CryptographyError",
+    "KeyRequiredError",
+    "save",
+    "load",
+    "load_module",
+    "features",
+    "utils",
+    "__version__",
+]
+
+
+def save(module_or_state_dict: torch.nn.Module | Mapping | Sequence, path: Any) -> None:
+    """Save a module (``write_module``) or a possibly nested dict / list of tensors."""
+    with TensorSerializer(path) as serializer:
+        if isinstance(module_or_state_dict, torch.nn.Module):
+            serializer.write_module(module_or_state_dict)
+        else:
+            serializer.write_state_dict(module_or_state_dict)
+
+
+def load(path: Any, device: DeviceLike = None, **kwargs: Any) -> Any:
+    """All tensors of a file: ``{name: tensor}``, or the nested dicts / lists it was saved from.
+
+    ``kwargs`` go to :class:`TensorDeserializer` (``filter_func``, ``dtype``, ``verify_hash``...).
+    """
+    with TensorDeserializer(path, device=device, **kwargs) as deserializer:
+        return deserializer.tree(default={})
+
+
+def load_module(
+    path: Any, module_class_or_factory: Callable[[], torch.nn.Module], device: DeviceLike = None, **kwargs: Any
+) -> torch.nn.Module:
+    """Build a module without initialising its weights, then fill it from ``path``.
+
+    ``module_class_or_factory`` is called with no arguments (a class, or e.g.
+    ``lambda: Model(config)``) inside :func:`utils.no_init_or_tensor`. Raises RuntimeError if a
+    parameter or buffer is not in the file.
+    """
+    module = utils.no_init_or_tensor(module_class_or_factory)
+    with TensorDeserializer(path, device=device, **kwargs) as deserializer:
+        deserializer.load_into_module(module)
+    left = [name for name, t in _named_tensors(module) if t.is_meta]
+    if left:
+        raise RuntimeError(f"not in the file, still unallocated after loading: {', '.join(left[:8])}")
+    return module
+
+
+def _named_tensors(module: torch.nn.Module):
+    yield from module.named_parameters()
+    yield from module.named_buffers()
+
+
+def features() -> dict[str, Any]:
+    """What this build and machine support: io_uring (and why not), default engine, threads."""
+    return dict(_core_features())

@@ -1,0 +1,31 @@
+"""The one door to the compiled core (``tensorstream._core``).
+
+Everything else in the package imports the core's types from here, so a change in the binding
+shows up in one file.
+"""
+
+from __future__ import annotations
+
+try:
+    from . import _core
+except ImportError as exc:  # pragma: no cover - only on a broken install
+    raise ImportError(
+        "tensorstream's compiled core (tensorstream._core) could not be imported; "
+        "reinstall the package so that it is built for this Python"
+    ) from exc
+
+FileSource = _core.FileSource
+MemorySource = _core.MemorySource
+Loader = _core.Loader
+Writer = _core.Writer
+read_index = _core.read_index
+core_features = _core.features
+
+__all__ = [
+    "FileSource",
+    "MemorySource",
+    "Loader",
+    "Writer",
+    "read_index",
+    "core_features",
+]

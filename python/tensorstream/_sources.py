@@ -1,0 +1,127 @@
+"""Where bytes come from (reading) and go to (writing).
+
+Reading: a path, an open file (through its descriptor), or bytes in memory. Writing: a path
+(opened read/write, truncated), an open file's descriptor, or, for objects without one
+(``io.BytesIO``), a temporary file copied into the object on close.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from . import _native
+
+MAGIC = b"|TZR|"
+_REMOTE_PREFIXES = ("http://", "https://", "s3://")
+
+
+def _refuse_remote(path: str) -> None:
+    if path.lower().startswith(_REMOTE_PREFIXES):
+        raise NotImplementedError(
+            f"remote files ({path.split('://', 1)[0]}://) are not supported yet; "
+            "download the file and pass a local path"
+        )
+
+
+def _fileno(obj: Any) -> int | None:
+    """``obj.fileno()`` if it has a real descriptor, else None."""
+    try:
+        return obj.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation, ValueError):
+        return None
+
+
+def _looks_like_path(raw: bytes) -> bool:
+    return not raw.startswith(MAGIC) and b"\0" not in raw and len(raw) <= 4096
+
+
+def open_source(obj: Any) -> Any:
+    """A core byte source for a path, descriptor, file object or buffer.
+
+    ``bytes`` are file contents when they start with the file magic, hold a NUL byte or are longer
+    than any path; otherwise they are a path (as in tensorizer). Open files are read through a
+    duplicate of their descriptor, from offset 0. Streams with neither a descriptor nor
+    ``getbuffer()`` are read into memory.
+    """
+    if isinstance(obj, (bytearray, memoryview)) or (isinstance(obj, bytes) and not _looks_like_path(obj)):
+        return _native.MemorySource(obj)
+    if isinstance(obj, (str, bytes, os.PathLike)):
+        path = os.fsdecode(obj)
+        _refuse_remote(path)
+        return _native.FileSource(path)
+    if isinstance(obj, int) and not isinstance(obj, bool):
+        return _native.FileSource.from_fd(obj)
+    fd = _fileno(obj)
+    if fd is not None:
+        return _native.FileSource.from_fd(fd)
+    if hasattr(obj, "getbuffer"):
+        return _native.MemorySource(obj.getbuffer())
+    if hasattr(obj, "read"):
+        return _native.MemorySource(obj.read())
+    raise TypeError(f"cannot read tensors from a {type(obj).__name__}")
+
+
+class WriteTarget:
+    """A descriptor to write a file into, and what to do with it when done."""
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+        self._owned = False  # we opened fd and must close it
+        self._spool: Any | None = None  # temporary file for objects without a descriptor
+        self.fd = self._open(obj)
+
+    def _open(self, obj: Any) -> int:
+        if isinstance(obj, (str, bytes, os.PathLike)):
+            path = os.fsdecode(obj)
+            _refuse_remote(path)
+            self._owned = True
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        if isinstance(obj, int) and not isinstance(obj, bool):
+            return obj
+        if isinstance(obj, io.TextIOBase):
+            raise ValueError("tensors must be written to a binary file (mode 'wb+'), not a text file")
+        fd = _fileno(obj)
+        if fd is not None:
+            _check_writable(obj)
+            obj.flush()
+            return fd
+        if not hasattr(obj, "write"):
+            raise TypeError(f"cannot write tensors to a {type(obj).__name__}")
+        self._spool = tempfile.TemporaryFile()
+        return self._spool.fileno()
+
+    def finish(self) -> None:
+        """Hand the written bytes over (copy / reposition) and release what we opened."""
+        if self.fd < 0:
+            return
+        if self._owned:
+            os.close(self.fd)
+        elif self._spool is not None:
+            self._spool.seek(0)
+            shutil.copyfileobj(self._spool, self._obj, 8 << 20)
+            self._spool.close()
+        elif hasattr(self._obj, "seek"):
+            self._obj.seek(0, io.SEEK_END)
+        self.fd = -1
+
+    def abandon(self) -> None:
+        """Release resources without finishing (used when the serializer is garbage collected)."""
+        if self._owned and self.fd >= 0:
+            os.close(self.fd)
+        if self._spool is not None:
+            self._spool.close()
+        self.fd = -1
+
+
+def _check_writable(obj: Any) -> None:
+    try:
+        ok = obj.writable() and obj.readable()
+    except (AttributeError, ValueError):
+        return
+    if not ok:
+        mode = getattr(obj, "mode", "?")
+        raise ValueError(f"the file must be open for reading and writing in binary mode ('wb+'), not {mode!r}")

@@ -1,0 +1,54 @@
+"""Exception types raised by tensorstream.
+
+The compiled core raises these same classes (its bindings import this module), so a malformed
+file is always a :class:`FormatError`, whichever layer noticed it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TensorstreamError",
+    "FormatError",
+    "HashMismatchError",
+    "CryptographyError",
+    "KeyRequiredError",
+]
+
+
+class TensorstreamError(Exception):
+    """Base class of every tensorstream-specific error."""
+
+
+class FormatError(TensorstreamError, ValueError):
+    """A file breaks the ``.tensors`` format.
+
+    ``tensor`` names the tensor concerned (None for file-level fields) and ``field`` the
+    header or index field that is wrong (None when no single field is to blame).
+    """
+
+    def __init__(self, message: str, tensor: str | None = None, field: str | None = None):
+        super().__init__(message)
+        self.tensor = tensor
+        self.field = field
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.tensor, self.field))
+
+
+class HashMismatchError(TensorstreamError):
+    """A tensor's data does not match the CRC32 / SHA-256 stored in its header."""
+
+    def __init__(self, message: str, tensor: str | None = None):
+        super().__init__(message)
+        self.tensor = tensor
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.tensor))
+
+
+class CryptographyError(TensorstreamError):
+    """Encryption or decryption failed or is misconfigured."""
+
+
+class KeyRequiredError(CryptographyError):
+    """The file is encrypted and no key was given."""

@@ -1,0 +1,449 @@
+"""``TensorSerializer`` and ``TensorDeserializer``: tensorizer's API over the tensorstream core."""
+
+from __future__ import annotations
+
+import collections.abc
+import contextlib
+import enum
+import itertools
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import numpy
+import torch
+
+from . import _assign, _device, _dtypes, _loading, _names, _native, _sources
+from .errors import KeyRequiredError
+
+__all__ = ["TensorType", "TensorSerializer", "TensorDeserializer"]
+
+FilterFunc = Callable[[str | Sequence[str | int]], bool]
+
+# Tensors that need a host copy before writing (GPU, non-contiguous) are staged in batches of
+# about this many bytes, so that saving never holds a second copy of the whole model.
+_STAGING_BYTES = 512 << 20
+_ENCRYPTION_LATER = "encryption is not supported yet (a later feature of tensorstream)"
+
+
+class TensorType(enum.IntEnum):
+    """What a tensor was in its module (stored in the file)."""
+
+    PARAM = 0
+    BUFFER = 1
+    STATE_DICT = 2
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+class TensorSerializer:
+    """Writes tensors to a ``.tensors`` file that tensorizer can read.
+
+    ``path_or_file``: a local path (created or truncated), a binary file open for reading and
+    writing (``"wb+"``; written through its descriptor from offset 0 and left open), or an object
+    without a descriptor such as ``io.BytesIO`` (written to a temporary file, copied into the
+    object by :meth:`close`). ``compress_tensors`` is accepted and ignored, as in tensorizer;
+    ``limit_cpu_concurrency`` caps the core's hashing/writing threads.
+    """
+
+    def __init__(
+        self,
+        path_or_file: Any,
+        compress_tensors: bool = False,
+        *,
+        encryption: Any = None,
+        limit_cpu_concurrency: int | None = None,
+    ) -> None:
+        if encryption is not None:
+            raise NotImplementedError(_ENCRYPTION_LATER)
+        self._target: _sources.WriteTarget | None = None
+        self._target = _sources.WriteTarget(path_or_file)
+        self._writer = _native.Writer(self._target.fd, threads=limit_cpu_concurrency or 0)
+        self._names = _names.Registry()
+
+    @property
+    def total_tensor_bytes(self) -> int:
+        """Bytes of tensor data written so far."""
+        return self._writer.tensor_size
+
+    def write_tensor(self, idx: int, name: Any, tensor_type: int, tensor: Any) -> None:
+        """Write one tensor (a torch tensor or numpy array) under ``name``."""
+        self._write([(idx, name, tensor_type, tensor, None)])
+
+    def write_module(
+        self, m: torch.nn.Module, remove_tensors: bool = False, *, include_non_persistent_buffers: bool = True
+    ) -> None:
+        """Write every parameter and buffer of ``m``, module by module, as tensorizer does."""
+        specs = []
+        for idx, (prefix, module) in enumerate(m.named_modules()):
+            skip = set() if include_non_persistent_buffers else module._non_persistent_buffers_set
+            owned = itertools.chain(
+                ((n, t, TensorType.PARAM) for n, t in module.named_parameters(recurse=False)),
+                ((n, t, TensorType.BUFFER) for n, t in module.named_buffers(recurse=False) if n not in skip),
+            )
+            for attr, tensor, kind in owned:
+                drop = _Remover(module, attr) if remove_tensors else None
+                specs.append((idx, f"{prefix}.{attr}", kind, tensor, drop))
+        self._write(specs)
+
+    def write_state_dict(self, state_dict: Any) -> None:
+        """Write a (possibly nested) dict / list of tensors; nested keys become structured names."""
+        specs = [(0, path, TensorType.STATE_DICT, t, None) for path, t in _names.flatten(state_dict)]
+        self._write(specs)
+
+    def close(self) -> None:
+        """Finish the file (valid even with no tensors) and release it."""
+        if self._target is None:
+            return
+        target, self._target = self._target, None
+        try:
+            if self._writer.tensor_count == 0:
+                self._writer.write([])
+            self._writer.close()
+        finally:
+            target.finish()
+
+    def __enter__(self) -> TensorSerializer:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        target = getattr(self, "_target", None)
+        if target is not None:
+            target.abandon()
+
+    # Internals -----------------------------------------------------------------------------
+
+    def _write(self, specs: Sequence[tuple[int, Any, int, Any, Callable[[], None] | None]]) -> None:
+        """Write ``(module_idx, name, tensor_type, tensor, after_write)`` specs, in order."""
+        if self._target is None:
+            raise ValueError("the serializer is closed")
+        pending = [_pending(*spec) for spec in specs]  # validates everything before writing
+        self._register([p.path for p in pending])
+        batch: list[tuple[_Pending, torch.Tensor]] = []
+        staged = 0
+        for p in pending:
+            if p.copy and staged and staged + p.nbytes > _STAGING_BYTES:
+                self._flush(batch)
+                staged = 0
+            batch.append((p, _host_copy(p.tensor) if p.copy else p.tensor))
+            staged += p.nbytes if p.copy else 0
+        self._flush(batch)
+
+    def _flush(self, batch: list[tuple[_Pending, torch.Tensor]]) -> None:
+        """One core call for the batch (hashed and written in parallel), then the callbacks."""
+        if batch:
+            self._writer.write([p.record(tensor) for p, tensor in batch])
+        for p, _ in batch:
+            if p.done is not None:
+                p.done()
+        batch.clear()
+
+    def _register(self, paths: list[_names.Path]) -> None:
+        """Add the names of one write call, all or none."""
+        if len(paths) == 1:
+            self._names.add(paths[0])  # checks before adding
+            return
+        trial = _names.Registry()
+        trial.root = _copy_tree(self._names.root)
+        for path in paths:
+            trial.add(path)
+        self._names = trial
+
+
+class _Remover:
+    """Callback for ``remove_tensors``: replace a module's tensor with None once written."""
+
+    def __init__(self, module: torch.nn.Module, attr: str) -> None:
+        self.module, self.attr = module, attr
+
+    def __call__(self) -> None:
+        setattr(self.module, self.attr, None)
+
+
+class _Pending(NamedTuple):
+    """A validated tensor waiting to be written."""
+
+    path: _names.Path
+    raw_name: bytes
+    tensor_type: int
+    module_idx: int
+    dtype: str
+    tensor: torch.Tensor
+    nbytes: int
+    copy: bool  # needs a contiguous host copy first (GPU, strided, conjugate/negative view)
+    done: Callable[[], None] | None
+
+    def record(self, tensor: torch.Tensor) -> tuple:
+        """The core's record tuple, with ``tensor`` (this one or its host copy) as the data."""
+        address = tensor.data_ptr() if self.nbytes else 0
+        shape = tuple(tensor.shape)
+        meta = tensor.is_meta
+        return (self.raw_name, self.tensor_type, self.module_idx, self.dtype, shape, address, self.nbytes, meta)
+
+
+def _pending(idx: int, name: Any, tensor_type: int, tensor: Any, done: Callable[[], None] | None) -> _Pending:
+    """Check one tensor and its name; ValueError / TypeError before anything is written."""
+    path = _names.as_path(name)
+    raw_name = _names.encode(path)
+    tensor_type = int(tensor_type)
+    if tensor_type not in (0, 1, 2):
+        raise ValueError(f"tensor {name!r}: tensor_type must be 0, 1 or 2, not {tensor_type}")
+    if not _names.is_plain(path) and tensor_type != TensorType.STATE_DICT:
+        raise ValueError(f"tensor {name!r}: structured names are only allowed for STATE_DICT tensors")
+    if not 0 <= int(idx) <= 0xFFFF:
+        raise ValueError(f"tensor {name!r}: module index {idx} does not fit in 16 bits")
+    tensor = _as_tensor(tensor, name)
+    if tensor.is_meta and tensor.dim() == 0:
+        # A 0-dim tensor cannot be told apart from a meta one in the file: store a real zero.
+        tensor = torch.zeros((), dtype=tensor.dtype)
+    dtype = _dtypes.encode(tensor.dtype)
+    meta = tensor.is_meta
+    nbytes = 0 if meta else tensor.numel() * tensor.element_size()
+    copy = not meta and (
+        tensor.device.type != "cpu" or not tensor.is_contiguous() or tensor.is_conj() or tensor.is_neg()
+    )
+    return _Pending(path, raw_name, tensor_type, int(idx), dtype, tensor, nbytes, copy, done)
+
+
+def _as_tensor(obj: Any, name: Any) -> torch.Tensor:
+    if isinstance(obj, numpy.ndarray):
+        obj = torch.from_numpy(numpy.ascontiguousarray(obj))
+    if not isinstance(obj, torch.Tensor):
+        raise TypeError(f"tensor {name!r}: expected a torch.Tensor, got {type(obj).__name__}")
+    if obj.layout != torch.strided:
+        raise ValueError(f"tensor {name!r}: only dense tensors can be serialized, not {obj.layout}")
+    return obj.detach()
+
+
+def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU copy with conjugate / negative views resolved."""
+    return tensor.resolve_conj().resolve_neg().to("cpu").contiguous()
+
+
+def _copy_tree(tree: dict[Any, Any]) -> dict[Any, Any]:
+    return {k: _copy_tree(v) if isinstance(v, dict) else v for k, v in tree.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextManager):
+    """Reads a ``.tensors`` file; a read-only mapping of names to tensors.
+
+    Plain names are ``str`` keys. Files with structured names (nested dicts / lists written by
+    ``write_state_dict``) map their first components to nested read-only mappings; ``tree()``
+    rebuilds the original dicts and lists. ``filter_func`` receives the ``str`` name, or the
+    path tuple of a structured name. ``dtype`` casts floating-point tensors only.
+
+    Eager loading (the default) reads every selected tensor with one core call into one
+    memory region, then releases the file; ``lazy_load=True`` reads each tensor on first access.
+    ``plaid_mode`` and ``plaid_mode_buffers`` are accepted for compatibility and ignored;
+    ``num_readers`` sets the number of reading threads.
+    """
+
+    def __init__(
+        self,
+        path_or_file: Any,
+        device: _device.DeviceLike = None,
+        filter_func: FilterFunc | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        lazy_load: bool = False,
+        plaid_mode: bool | None = None,
+        plaid_mode_buffers: int | None = None,
+        num_readers: int | None = None,
+        verify_hash: bool = False,
+        encryption: Any = None,
+    ) -> None:
+        self._device = _device.resolve(device)
+        if num_readers is not None and (not isinstance(num_readers, int) or num_readers < 1):
+            raise ValueError(f"num_readers must be a positive int or None, not {num_readers!r}")
+        self._dtype = dtype
+        self._verify_hash = bool(verify_hash)
+        self._lock = threading.Lock()
+        self._cache: dict[_names.Path, torch.Tensor] = {}
+        self._module_idx: dict[int, int] = {}  # index position -> module_idx, known once loaded
+        self._last_read = -1  # position in self._records of the last tensor read_tensors yielded
+        self.total_bytes_read = 0
+        self._source: Any = _sources.open_source(path_or_file)
+        try:
+            self._index = _native.read_index(self._source)
+            _check_encryption(self._index, encryption, self._source.name)
+            self._records = _select(self._index, filter_func)
+            self._by_path = {r.path: r for r in self._records}
+            self._tree = _names.registry_of([r.path for r in self._records])
+            self.total_tensor_bytes = sum(r.nbytes for r in self._records)
+            self._loader: Any = _native.Loader(self._source, threads=num_readers or 0)
+            self._backend: str = self._loader.backend
+            if not lazy_load:
+                self._fetch(self._records, self._verify_hash, pooled=True)
+                self._release()
+        except BaseException:
+            self.close()
+            raise
+
+    # Properties ----------------------------------------------------------------------------
+
+    @property
+    def io_backend(self) -> str:
+        """The engine that reads the file: ``"io_uring"``, ``"posix"`` or ``"memory"``."""
+        return self._backend
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    # Mapping -------------------------------------------------------------------------------
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            node = self._tree.root[key]
+        except (KeyError, TypeError):
+            raise KeyError(key) from None
+        if not isinstance(node, dict):
+            return self._tensors([node])[node]
+        return self._subtree((key,), node, proxies=True)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._tree.root)
+
+    def __len__(self) -> int:
+        return len(self._tree.root)
+
+    def __contains__(self, key: Any) -> bool:
+        try:
+            return key in self._tree.root
+        except TypeError:
+            return False
+
+    def keys(self) -> collections.abc.KeysView:
+        return self._tree.root.keys()
+
+    # tensorizer's methods -------------------------------------------------------------------
+
+    def tree(
+        self, prefix: Sequence[Any] | None = None, *, default: Any = None, filter_func: FilterFunc | None = None
+    ) -> Any:
+        """The (sub)tree under ``prefix`` as nested dicts and lists (a tensor for a leaf)."""
+        if isinstance(prefix, (str, int)):
+            raise TypeError("prefix must be a sequence of keys; for one key use a one-element tuple")
+        prefix = tuple(prefix or ())
+        try:
+            node = self._tree.node(prefix)
+        except (KeyError, TypeError):
+            return default
+        if not isinstance(node, dict):
+            keep = filter_func is None or filter_func(_names.public(node))
+            return self._tensors([node])[node] if keep else default
+        result = self._subtree(prefix, node, proxies=False, filter_func=filter_func)
+        return result if result else default
+
+    def read_tensors(
+        self, filter_func: FilterFunc | None = None, num_tensors: int = -1, verify_hash: bool | None = None
+    ) -> Iterator[tuple[int, int, Any, torch.Tensor]]:
+        """Yield ``(module_idx, tensor_type, name, tensor)`` in file order.
+
+        Like tensorizer, successive calls continue after the last tensor yielded.
+        """
+        if num_tensors < -1:
+            raise ValueError("num_tensors must be -1 or non-negative")
+        candidates = itertools.islice(enumerate(self._records), self._last_read + 1, None)
+        chosen = [(i, r) for i, r in candidates if filter_func is None or filter_func(r.name)]
+        if num_tensors != -1:
+            chosen = chosen[:num_tensors]
+        return self._yield_records(chosen, verify_hash)
+
+    def _yield_records(self, chosen: list[tuple[int, Any]], verify_hash: bool | None) -> Iterator[tuple]:
+        tensors = self._tensors([r.path for _, r in chosen], verify_hash)
+        for i, rec in chosen:
+            self._last_read = i
+            yield self._module_idx[rec.pos], rec.tensor_type, rec.name, tensors[rec.path]
+
+    def load_into_module(
+        self, m: torch.nn.Module, filter_func: FilterFunc | None = None, verify_hash: bool | None = None
+    ) -> int:
+        """Assign the file's tensors to ``m``'s parameters and buffers; returns how many.
+
+        Names are matched as tensorizer's ``write_module`` writes them (``"layer.0.weight"``,
+        ``".weight"`` for the root) or as in ``state_dict()``. Every selected tensor must name an
+        existing parameter or buffer, and (without ``filter_func``) every parameter and
+        persistent buffer of ``m`` must be in the file; otherwise RuntimeError names them.
+        Parameters keep their ``requires_grad`` flag; weights tied in ``m`` stay tied.
+        """
+        records = [r for r in self._records if filter_func is None or filter_func(r.name)]
+        plan = _assign.plan(m, records, check_missing=filter_func is None)
+        tensors = self._tensors([r.path for r, _, _ in plan], verify_hash)
+        _assign.apply(m, [(module, attr, tensors[r.path]) for r, module, attr in plan])
+        return len(plan)
+
+    def close(self) -> None:
+        """Release the file. Tensors already loaded stay valid."""
+        self._release()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # Internals -----------------------------------------------------------------------------
+
+    def _release(self) -> None:
+        self._loader = None
+        self._source = None
+
+    def _subtree(self, prefix: tuple, node: dict, *, proxies: bool, filter_func: FilterFunc | None = None) -> Any:
+        leaves = [p for p in _leaves(node) if filter_func is None or filter_func(_names.public(p))]
+        tensors = self._tensors(leaves)
+        return _names.rebuild({p: tensors[p] for p in leaves}, strip=len(prefix), proxies=proxies)
+
+    def _tensors(
+        self, paths: Sequence[_names.Path], verify_hash: bool | None = None
+    ) -> dict[_names.Path, torch.Tensor]:
+        """The tensors at ``paths``, loading the ones not yet cached with one core call."""
+        with self._lock:
+            missing = [self._by_path[p] for p in paths if p not in self._cache]
+            if missing:
+                verify = self._verify_hash if verify_hash is None else bool(verify_hash)
+                self._fetch(missing, verify, pooled=False)
+            return {p: self._cache[p] for p in paths}
+
+    def _fetch(self, records: Sequence[_loading.Record], verify_hash: bool, *, pooled: bool) -> None:
+        if self._loader is None:
+            raise ValueError("the deserializer is closed; open a new one to load more tensors")
+        loaded, module_idx = _loading.load(self._loader, self._index, records, verify_hash, pooled=pooled)
+        self._module_idx.update(module_idx)
+        stats = self._loader.stats()
+        self.total_bytes_read += int(stats.get("bytes", sum(r.nbytes for r in records)))
+        for rec in records:
+            self._cache[rec.path] = self._finish(loaded[rec.pos])
+
+    def _finish(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self._dtype is not None and tensor.is_floating_point() and tensor.dtype != self._dtype:
+            tensor = tensor.to(self._dtype)
+        return tensor
+
+
+def _check_encryption(index: Any, encryption: Any, name: str) -> None:
+    if index.encrypted and encryption is None:
+        raise KeyRequiredError(f"{name} is encrypted; pass encryption= with its key to load it")
+    if index.encrypted or encryption is not None:
+        raise NotImplementedError(_ENCRYPTION_LATER)
+
+
+def _select(index: Any, filter_func: FilterFunc | None) -> list[_loading.Record]:
+    """The file's records (all names checked) that ``filter_func`` keeps, in file order."""
+    records = _loading.describe(index.entries, index.file_size)
+    _names.registry_of([r.path for r in records])  # name clashes anywhere in the file are errors
+    return records if filter_func is None else [r for r in records if filter_func(r.name)]
+
+
+def _leaves(node: dict) -> Iterator[_names.Path]:
+    for value in node.values():
+        if isinstance(value, dict):
+            yield from _leaves(value)
+        else:
+            yield value

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Sets everything up from nothing (scripts/setup.sh), then runs the C++ unit tests and the
+# pytest suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+PY="${TENSORSTREAM_VENV:-.venv}/bin/python"
+
+echo "==> C++ unit tests"
+cmake -S . -B build/ctest -G Ninja -DTENSORSTREAM_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build/ctest --target core_tests
+./build/ctest/core_tests
+
+echo "==> pytest"
+"$PY" -m pytest "$@"
