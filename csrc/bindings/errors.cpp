@@ -37,8 +37,8 @@ void translate(std::exception_ptr p) {
   } catch (const ts::KeyRequiredError& e) {
     raise("KeyRequiredError", py::make_tuple(text(e.what())), py::dict());
   } catch (const ts::IoError& e) {
-    py::tuple args = e.path().empty() ? py::tuple(py::make_tuple(e.code(), text(e.what())))
-                                      : py::tuple(py::make_tuple(e.code(), text(e.what()), text(e.path())));
+    py::tuple args = e.path().empty() ? py::tuple(py::make_tuple(e.code(), text(e.message())))
+                                      : py::tuple(py::make_tuple(e.code(), text(e.message()), text(e.path())));
     PyErr_SetObject(PyExc_OSError, args.ptr());
   } catch (const std::length_error& e) {
     PyErr_SetString(PyExc_ValueError, e.what());

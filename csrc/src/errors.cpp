@@ -23,7 +23,8 @@ HashMismatchError::HashMismatchError(const std::string& msg, std::string tensor)
 IoError::IoError(int err, const std::string& what, std::string path)
     : std::runtime_error(what + (path.empty() ? "" : " '" + path + "'") + ": " + std::strerror(err)),
       code_(err),
-      path_(std::move(path)) {}
+      path_(std::move(path)),
+      message_(what + ": " + std::strerror(err)) {}
 
 std::string printable_name(const std::string& raw) {
   static const char* hex = "0123456789abcdef";

@@ -12,7 +12,7 @@ bool uring_available(std::string* why) {
   if (why) *why = "built without io_uring support";
   return false;
 }
-std::unique_ptr<ReadEngine> make_uring_engine(const Source&, unsigned, size_t) {
+std::unique_ptr<ReadEngine> make_uring_engine(const Source&, unsigned, unsigned, size_t) {
   throw std::runtime_error("built without io_uring support");
 }
 #endif

@@ -24,7 +24,7 @@ void TensorHasher::update(const void* data, size_t n) {
   const auto* p = static_cast<const unsigned char*>(data);
   while (n) {
     size_t m = n < kBlock ? n : kBlock;
-    crc_ = static_cast<uint32_t>(::crc32_z(crc_, p, m));
+    crc_ = crc32_update(crc_, p, m);
     EVP_DigestUpdate(sha_->ctx, p, m);
     p += m;
     n -= m;

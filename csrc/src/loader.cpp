@@ -64,7 +64,7 @@ void finish_check(Check& c, const std::string& name) {
   if (f.err() == 0)
     throw FormatError(std::string("file ended early while reading ") + what + " (" + f.what() + ")", tensor,
                       what);
-  throw IoError(f.err(), std::string("reading ") + what + " of tensor " + printable_name(tensor) + " from",
+  throw IoError(f.err(), std::string("reading the ") + what + " of tensor " + printable_name(tensor) + " failed",
                 src.name());
 }
 

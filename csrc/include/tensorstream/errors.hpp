@@ -38,10 +38,12 @@ class IoError : public std::runtime_error {
   IoError(int err, const std::string& what, std::string path);
   int code() const noexcept { return code_; }
   const std::string& path() const noexcept { return path_; }
+  // What failed and why, without the path (Python's OSError adds the file name itself).
+  const std::string& message() const noexcept { return message_; }
 
  private:
   int code_;
-  std::string path_;
+  std::string path_, message_;
 };
 
 // Printable form of a tensor name: UTF-8 as is, other bytes escaped, long names shortened.

@@ -7,6 +7,9 @@
 
 namespace ts {
 
+// zlib-compatible CRC32 continuation: crc32_update(crc32_update(0, a), b) == zlib.crc32(a + b).
+uint32_t crc32_update(uint32_t crc, const void* data, size_t n);
+
 class TensorHasher {
  public:
   TensorHasher();

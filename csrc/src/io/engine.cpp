@@ -8,7 +8,7 @@ namespace ts {
 
 namespace {
 constexpr size_t kDefaultChunk = 8u << 20;
-constexpr unsigned kDefaultDepth = 8;
+constexpr unsigned kDefaultDepth = 4;
 
 std::string env_or(const char* name, const std::string& fallback) {
   const char* v = std::getenv(name);
@@ -46,7 +46,7 @@ std::unique_ptr<ReadEngine> make_engine(const Source& src, const EngineOptions& 
   std::string why;
   if (uring_available(&why)) {
     unsigned depth = opts.queue_depth ? opts.queue_depth : kDefaultDepth;
-    return make_uring_engine(src, depth, chunk);
+    return make_uring_engine(src, threads, depth, chunk);
   }
   if (backend == "uring") throw std::runtime_error("io_uring was asked for but is unavailable: " + why);
   return make_posix_engine(src, threads, chunk);

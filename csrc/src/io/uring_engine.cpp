@@ -1,12 +1,21 @@
-// io_uring engine: one ring, a bounded number of chunk reads in flight, straight into destinations.
-// Reads are flagged IOSQE_ASYNC so the kernel's workers copy from the page cache on several cores
-// while this thread keeps the queue full.
+// io_uring engine: one ring per worker thread, each keeping a bounded number of chunk reads in
+// flight, straight into the destinations. Workers take chunks from a shared counter, so work is
+// balanced whatever the tensor sizes.
+//
+// Reads that hit the page cache complete inline in the submitting thread, so with one worker per
+// core every core copies; reads that must wait for the device are handed to the kernel's workers
+// and the thread keeps its queue full. TENSORSTREAM_URING_ASYNC=1 forces every read through the
+// kernel's workers (IOSQE_ASYNC) instead.
 #include <liburing.h>
+#include <sys/mman.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include "tensorstream/errors.hpp"
 #include "tensorstream/io/engine.hpp"
@@ -32,112 +41,189 @@ class Ring {
 
 bool async_flag_wanted() {
   const char* v = std::getenv("TENSORSTREAM_URING_ASYNC");
-  return !(v && std::strcmp(v, "0") == 0);
+  return v && std::strcmp(v, "1") == 0;
 }
+
+// State shared by the workers of one run.
+struct Shared {
+  const std::vector<Piece>& pieces;
+  const ChunkDone& done;
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex mu;
+  std::exception_ptr error;
+
+  void fail(std::exception_ptr e) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!error) error = e;
+    failed = true;
+  }
+};
+
+class Worker {
+ public:
+  Worker(Shared& s, int fd, unsigned depth, bool async)
+      : s_(s), fd_(fd), depth_(depth), async_(async), ring_(depth), left_(depth), slot_piece_(depth) {
+    for (unsigned i = 0; i < depth; ++i) free_.push_back(i);
+  }
+
+  // Keeps up to `depth` pieces in flight until none are left or a worker failed; never returns
+  // with a read still in flight.
+  void run() {
+    for (;;) {
+      while (!s_.failed.load(std::memory_order_relaxed) && !free_.empty()) {
+        size_t i = s_.next.fetch_add(1);
+        if (i >= s_.pieces.size()) break;
+        unsigned slot = free_.back();
+        free_.pop_back();
+        slot_piece_[slot] = i;
+        left_[slot] = s_.pieces[i];
+        populate(left_[slot]);
+        queue(slot);
+      }
+      if (in_flight_ == 0) return;
+      reap();
+    }
+  }
+
+ private:
+  // Faults the destination's whole pages in before the read is queued: a read into pages not yet
+  // present cannot complete inline and would be handed to the kernel's workers piecemeal.
+  static void populate(const Piece& p) {
+#ifdef MADV_POPULATE_WRITE
+    const uintptr_t page = 4096;
+    uintptr_t begin = (reinterpret_cast<uintptr_t>(p.dst) + page - 1) & ~(page - 1);
+    uintptr_t end = (reinterpret_cast<uintptr_t>(p.dst) + p.length) & ~(page - 1);
+    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
+#else
+    (void)p;
+#endif
+  }
+
+  void queue(unsigned slot) {
+    io_uring_sqe* sqe = io_uring_get_sqe(ring_.get());
+    if (!sqe) {  // cannot happen with one SQE per slot, but never write past the queue
+      io_uring_submit(ring_.get());
+      sqe = io_uring_get_sqe(ring_.get());
+    }
+    const Piece& p = left_[slot];
+    io_uring_prep_read(sqe, fd_, p.dst, static_cast<unsigned>(p.length), p.offset);
+    if (async_) sqe->flags |= IOSQE_ASYNC;
+    io_uring_sqe_set_data64(sqe, slot);
+    ++in_flight_;
+  }
+
+  void reap() {
+    io_uring* ring = ring_.get();
+    int rc = io_uring_submit_and_wait(ring, 1);
+    if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+      s_.fail(std::make_exception_ptr(IoError(-rc, "io_uring submit failed", "")));
+      io_uring_cqe* first;
+      if (io_uring_wait_cqe(ring, &first) < 0) {
+        in_flight_ = 0;  // the ring itself is broken: nothing more will arrive
+        return;
+      }
+    }
+    io_uring_cqe* cqe;
+    unsigned head, seen = 0;
+    io_uring_for_each_cqe(ring, head, cqe) {
+      ++seen;
+      --in_flight_;
+      complete(static_cast<unsigned>(io_uring_cqe_get_data64(cqe)), cqe->res);
+    }
+    io_uring_cq_advance(ring, seen);
+  }
+
+  void complete(unsigned slot, int res) {
+    Piece& p = left_[slot];
+    const size_t i = slot_piece_[slot];
+    const bool stop = s_.failed.load(std::memory_order_relaxed);
+    if (res == -EINTR || res == -EAGAIN) {
+      if (!stop) return queue(slot);
+    } else if (res < 0) {
+      s_.fail(std::make_exception_ptr(
+          ReadFailure(p.op, -res, std::string("read failed: ") + std::strerror(-res))));
+    } else if (res == 0) {
+      s_.fail(std::make_exception_ptr(ReadFailure(p.op, 0, "file ended at byte " + std::to_string(p.offset))));
+    } else if (static_cast<uint64_t>(res) < p.length) {
+      p.offset += res;
+      p.dst += res;
+      p.length -= res;
+      if (!stop) return queue(slot);
+    } else if (!stop) {
+      try {
+        s_.done(s_.pieces[i].op, s_.pieces[i].length);
+      } catch (...) {
+        s_.fail(std::current_exception());
+      }
+    }
+    free_.push_back(slot);
+  }
+
+  Shared& s_;
+  int fd_;
+  unsigned depth_;
+  bool async_;
+  Ring ring_;
+  std::vector<Piece> left_;         // what each slot's piece still has to read
+  std::vector<size_t> slot_piece_;  // which piece each slot holds
+  std::vector<unsigned> free_;
+  size_t in_flight_ = 0;
+};
 
 class UringEngine final : public ReadEngine {
  public:
-  UringEngine(const Source& src, unsigned depth, size_t chunk)
-      : src_(src), depth_(depth), chunk_(chunk), ring_(depth), async_(async_flag_wanted()) {}
+  UringEngine(const Source& src, unsigned threads, unsigned depth, size_t chunk)
+      : src_(src), threads_(threads), depth_(depth), chunk_(chunk), async_(async_flag_wanted()) {}
   const char* name() const override { return "io_uring"; }
 
   void run(const std::vector<ReadOp>& ops, const ChunkDone& done) override {
     const std::vector<Piece> pieces = cut_pieces(ops, chunk_);
-    std::vector<Piece> left(pieces);  // what each piece still has to read (short reads shrink it)
-    io_uring* ring = ring_.get();
-    size_t next = 0, in_flight = 0;
-    bool failed = false;
-    int fail_err = 0;
-    size_t fail_op = 0;
-    std::string fail_what;
-    auto fail = [&](size_t op, int err, std::string what) {
-      if (failed) return;
-      failed = true;
-      fail_op = op;
-      fail_err = err;
-      fail_what = std::move(what);
+    Shared shared{pieces, done, {}, {}, {}, {}};
+    auto work = [&] {
+      try {
+        Worker(shared, src_.fd(), depth_, async_).run();
+      } catch (...) {
+        shared.fail(std::current_exception());
+      }
     };
-    auto queue = [&](size_t i) {
-      io_uring_sqe* sqe = io_uring_get_sqe(ring);
-      if (!sqe) {  // queue full of unsubmitted entries: hand them to the kernel first
-        io_uring_submit(ring);
-        sqe = io_uring_get_sqe(ring);
-      }
-      const Piece& p = left[i];
-      io_uring_prep_read(sqe, src_.fd(), p.dst, static_cast<unsigned>(p.length), p.offset);
-      if (async_) sqe->flags |= IOSQE_ASYNC;
-      io_uring_sqe_set_data64(sqe, i);
-      ++in_flight;
-    };
-
-    while (in_flight > 0 || (!failed && next < pieces.size())) {
-      while (!failed && next < pieces.size() && in_flight < depth_) queue(next++);
-      // Also submits entries queued after a failure (requeued short reads), so none is left behind.
-      int rc = io_uring_submit_and_wait(ring, 1);
-      if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
-        fail(0, -rc, std::string("io_uring submit failed: ") + std::strerror(-rc));
-        io_uring_cqe* first;
-        int wrc = io_uring_wait_cqe(ring, &first);
-        if (wrc < 0 && wrc != -EINTR) break;  // the ring itself is broken; nothing more will arrive
-      }
-      io_uring_cqe* cqe;
-      unsigned head, seen = 0;
-      io_uring_for_each_cqe(ring, head, cqe) {
-        ++seen;
-        --in_flight;
-        const size_t i = static_cast<size_t>(io_uring_cqe_get_data64(cqe));
-        const int res = cqe->res;
-        Piece& p = left[i];
-        if (res == -EINTR || res == -EAGAIN) {
-          if (!failed) queue(i);
-        } else if (res < 0) {
-          fail(p.op, -res, std::string("read failed: ") + std::strerror(-res));
-        } else if (res == 0) {
-          fail(p.op, 0, "file ended at byte " + std::to_string(p.offset));
-        } else if (static_cast<uint64_t>(res) < p.length) {
-          p.offset += res;
-          p.dst += res;
-          p.length -= res;
-          if (!failed) queue(i);
-        } else if (!failed) {
-          done(pieces[i].op, pieces[i].length);
-        }
-      }
-      io_uring_cq_advance(ring, seen);
-    }
-    if (failed) throw ReadFailure(fail_op, fail_err, fail_what);
+    size_t n = std::min<size_t>(threads_, pieces.size());
+    std::vector<std::thread> pool;
+    for (size_t t = 1; t < n; ++t) pool.emplace_back(work);
+    if (n > 0) work();
+    for (auto& t : pool) t.join();
+    if (shared.error) std::rethrow_exception(shared.error);
   }
 
  private:
   const Source& src_;
-  unsigned depth_;
+  unsigned threads_, depth_;
   size_t chunk_;
-  Ring ring_;
   bool async_;
 };
 
 }  // namespace
 
-std::unique_ptr<ReadEngine> make_uring_engine(const Source& src, unsigned depth, size_t chunk) {
-  return std::make_unique<UringEngine>(src, depth, chunk);
+std::unique_ptr<ReadEngine> make_uring_engine(const Source& src, unsigned threads, unsigned depth, size_t chunk) {
+  return std::make_unique<UringEngine>(src, threads ? threads : 1, depth ? depth : 1, chunk);
 }
 
 bool uring_available(std::string* why) {
-  static int state = -1;  // -1 unknown, 0 no, 1 yes
+  static std::once_flag once;
+  static bool ok = false;
   static std::string reason;
-  if (state < 0) {
+  std::call_once(once, [] {
     io_uring ring;
     int rc = io_uring_queue_init(4, &ring, 0);
     if (rc < 0) {
-      state = 0;
       reason = std::string("io_uring_queue_init: ") + std::strerror(-rc);
     } else {
       io_uring_queue_exit(&ring);
-      state = 1;
+      ok = true;
     }
-  }
+  });
   if (why) *why = reason;
-  return state == 1;
+  return ok;
 }
 
 }  // namespace ts

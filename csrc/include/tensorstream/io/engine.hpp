@@ -17,8 +17,8 @@ struct ReadOp {
   uint8_t* dst = nullptr;
 };
 
-// Called once per finished chunk with the op's position and the chunk's byte count. The posix
-// engine calls it from several threads at once; the io_uring engine from the calling thread.
+// Called once per finished chunk with the op's position and the chunk's byte count, from several
+// worker threads at once: it must be thread-safe.
 using ChunkDone = std::function<void(size_t op, uint64_t bytes)>;
 
 // A read that failed: which op, and why. The loader names the tensor.
@@ -35,9 +35,9 @@ class ReadFailure : public std::runtime_error {
 
 struct EngineOptions {
   std::string backend = "auto";  // auto | uring | posix
-  unsigned threads = 0;          // 0: one per hardware thread (posix engine, hashing)
+  unsigned threads = 0;          // 0: one per hardware thread (read workers, hashing)
   size_t chunk_bytes = 0;        // 0: default
-  unsigned queue_depth = 0;      // 0: default
+  unsigned queue_depth = 0;      // 0: default; reads in flight per io_uring worker
 };
 
 class ReadEngine {
@@ -66,6 +66,7 @@ std::vector<Piece> cut_pieces(const std::vector<ReadOp>& ops, size_t chunk_bytes
 
 // Engines, built by make_engine.
 std::unique_ptr<ReadEngine> make_posix_engine(const Source& src, unsigned threads, size_t chunk_bytes);
-std::unique_ptr<ReadEngine> make_uring_engine(const Source& src, unsigned depth, size_t chunk_bytes);
+std::unique_ptr<ReadEngine> make_uring_engine(const Source& src, unsigned threads, unsigned depth,
+                                              size_t chunk_bytes);
 
 }  // namespace ts
