@@ -18,6 +18,8 @@ namespace ts {
 
 namespace {
 
+constexpr uint64_t kWriteBlock = 1u << 20;  // hashed then written while it is in cache
+
 size_t index_bytes(const std::vector<tz::IndexEntry>& entries, bool tagged) {
   std::vector<uint8_t> out;
   for (const auto& e : entries) tz::append_index_entry(out, e, tagged);
@@ -108,13 +110,19 @@ void Writer::write(const std::vector<WriteRecord>& records) {
     for (size_t k; (k = next.fetch_add(1)) < order.size();) {
       size_t i = order[k];
       try {
+        // Data first, block by block, each block written while it is still in cache from
+        // hashing; the header, which carries the hashes, last.
         TensorHasher h;
         h.update(headers[i].bytes.data(), headers[i].bytes.size());
-        h.update(records[i].data, added[i].data_length);
+        const uint8_t* data = records[i].data;
+        for (uint64_t at = 0, n = added[i].data_length; at < n; at += kWriteBlock) {
+          size_t len = static_cast<size_t>(std::min<uint64_t>(kWriteBlock, n - at));
+          h.update(data + at, len);
+          pwrite_all(data + at, len, added[i].data_offset + at);
+        }
         auto sha = h.sha256();
         tz::set_header_hashes(headers[i], h.crc32(), sha.data());
         pwrite_all(headers[i].bytes.data(), headers[i].bytes.size(), added[i].header_offset);
-        pwrite_all(records[i].data, added[i].data_length, added[i].data_offset);
       } catch (...) {
         std::lock_guard<std::mutex> lock(error_mu);
         if (!error) error = std::current_exception();
