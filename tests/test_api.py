@@ -224,3 +224,19 @@ def test_utils_match_tensorizer():
     assert layer.weight.is_meta and torch.empty is real_empty
     built = utils.no_init_or_tensor(lambda: torch.nn.Embedding(10, 4))
     assert built.weight.is_meta and not torch.nn.Linear(2, 2).weight.is_meta
+
+
+def test_loads_and_saves_are_logged(tmp_path, caplog):
+    import logging
+
+    import torch
+
+    import tensorstream
+
+    path = tmp_path / "logged.tensors"
+    with caplog.at_level(logging.INFO, logger="tensorstream"):
+        tensorstream.save({"a": torch.ones(1000)}, path)
+        tensorstream.load(path, verify_hash=True)
+    text = caplog.text
+    assert "wrote 1 tensors" in text
+    assert "loaded 1 tensors, 0.0 MB" in text and "hashes verified" in text

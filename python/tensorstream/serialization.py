@@ -6,7 +6,9 @@ import collections.abc
 import contextlib
 import enum
 import itertools
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -17,6 +19,8 @@ from . import _assign, _device, _dtypes, _loading, _names, _native, _sources
 from .errors import KeyRequiredError
 
 __all__ = ["TensorType", "TensorSerializer", "TensorDeserializer"]
+
+logger = logging.getLogger("tensorstream")
 
 FilterFunc = Callable[[str | Sequence[str | int]], bool]
 
@@ -137,7 +141,14 @@ class TensorSerializer:
     def _flush(self, batch: list[tuple[_Pending, torch.Tensor]]) -> None:
         """One core call for the batch (hashed and written in parallel), then the callbacks."""
         if batch:
+            start = time.perf_counter()
             self._writer.write([p.record(tensor) for p, tensor in batch])
+            nbytes = sum(p.nbytes for p, _ in batch)
+            seconds = time.perf_counter() - start
+            logger.info(
+                "wrote %d tensors, %.1f MB in %.3f s (%.2f GB/s)",
+                len(batch), nbytes / 1e6, seconds, nbytes / max(seconds, 1e-9) / 1e9,
+            )
         for p, _ in batch:
             if p.done is not None:
                 p.done()
@@ -414,10 +425,18 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     def _fetch(self, records: Sequence[_loading.Record], verify_hash: bool, *, pooled: bool) -> None:
         if self._loader is None:
             raise ValueError("the deserializer is closed; open a new one to load more tensors")
+        start = time.perf_counter()
         loaded, module_idx = _loading.load(self._loader, self._index, records, verify_hash, pooled=pooled)
         self._module_idx.update(module_idx)
         stats = self._loader.stats()
-        self.total_bytes_read += int(stats.get("bytes", sum(r.nbytes for r in records)))
+        nbytes = int(stats.get("bytes", sum(r.nbytes for r in records)))
+        self.total_bytes_read += nbytes
+        seconds = time.perf_counter() - start
+        logger.info(
+            "loaded %d tensors, %.1f MB in %.3f s (%.2f GB/s) from %s with %s%s",
+            len(records), nbytes / 1e6, seconds, nbytes / max(seconds, 1e-9) / 1e9,
+            self._source.name, self._backend, ", hashes verified" if verify_hash else "",
+        )
         for rec in records:
             self._cache[rec.path] = self._finish(loaded[rec.pos])
 
