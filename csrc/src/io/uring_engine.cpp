@@ -2,12 +2,13 @@
 // flight, straight into the destinations. Workers take chunks from a shared counter, so work is
 // balanced whatever the tensor sizes.
 //
-// Reads that hit the page cache complete inline in the submitting thread, so with one worker per
-// core every core copies; reads that must wait for the device are handed to the kernel's workers
-// and the thread keeps its queue full. TENSORSTREAM_URING_ASYNC=1 forces every read through the
-// kernel's workers (IOSQE_ASYNC) instead.
+// Each worker first copies whatever the page cache already holds with preadv2(RWF_NOWAIT), in its
+// own thread (one worker per core, so every core copies, and each destination page is faulted in
+// just before it is filled); only the part that must wait for the device is queued on the ring,
+// where up to `depth` reads per worker stay in flight. TENSORSTREAM_URING_ASYNC=1 queues every
+// read on the ring with IOSQE_ASYNC instead (for comparison).
 #include <liburing.h>
-#include <sys/mman.h>
+#include <sys/uio.h>
 
 #include <atomic>
 #include <cerrno>
@@ -78,7 +79,11 @@ class Worker {
         free_.pop_back();
         slot_piece_[slot] = i;
         left_[slot] = s_.pieces[i];
-        populate(left_[slot]);
+        if (!async_ && copy_cached(left_[slot])) {
+          free_.push_back(slot);
+          finish(i);
+          continue;
+        }
         queue(slot);
       }
       if (in_flight_ == 0) return;
@@ -87,17 +92,26 @@ class Worker {
   }
 
  private:
-  // Faults the destination's whole pages in before the read is queued: a read into pages not yet
-  // present cannot complete inline and would be handed to the kernel's workers piecemeal.
-  static void populate(const Piece& p) {
-#ifdef MADV_POPULATE_WRITE
-    const uintptr_t page = 4096;
-    uintptr_t begin = (reinterpret_cast<uintptr_t>(p.dst) + page - 1) & ~(page - 1);
-    uintptr_t end = (reinterpret_cast<uintptr_t>(p.dst) + p.length) & ~(page - 1);
-    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
-#else
-    (void)p;
-#endif
+  // Copies what the page cache already holds, in this thread (RWF_NOWAIT never waits for the
+  // device); true when the whole piece was copied. What is left goes to the ring.
+  bool copy_cached(Piece& p) {
+    while (p.length > 0) {
+      iovec iov{p.dst, static_cast<size_t>(std::min<uint64_t>(p.length, 1u << 30))};
+      ssize_t n = ::preadv2(fd_, &iov, 1, static_cast<off_t>(p.offset), RWF_NOWAIT);
+      if (n <= 0) return false;  // not cached (EAGAIN), unsupported, or end of file: the ring decides
+      p.offset += static_cast<uint64_t>(n);
+      p.dst += n;
+      p.length -= static_cast<uint64_t>(n);
+    }
+    return true;
+  }
+
+  void finish(size_t i) {
+    try {
+      s_.done(s_.pieces[i].op, s_.pieces[i].length);
+    } catch (...) {
+      s_.fail(std::current_exception());
+    }
   }
 
   void queue(unsigned slot) {
@@ -151,11 +165,7 @@ class Worker {
       p.length -= res;
       if (!stop) return queue(slot);
     } else if (!stop) {
-      try {
-        s_.done(s_.pieces[i].op, s_.pieces[i].length);
-      } catch (...) {
-        s_.fail(std::current_exception());
-      }
+      finish(i);
     }
     free_.push_back(slot);
   }
