@@ -68,6 +68,7 @@ void register_io(py::module_& m) {
         py::dict d;
         d["bytes"] = s.bytes;
         d["reads"] = s.reads;
+        d["queued_bytes"] = s.queued_bytes;
         d["header_seconds"] = s.header_seconds;
         d["data_seconds"] = s.data_seconds;
         d["hash_seconds"] = s.hash_seconds;

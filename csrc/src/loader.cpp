@@ -161,6 +161,7 @@ std::vector<uint16_t> Loader::load(const tz::Index& index, const std::vector<Loa
     rethrow_read(f, index.entries[reqs[op_req[f.op()]].entry].name, *src_, "data");
   }
   stats_.data_seconds = since(t0);
+  stats_.queued_bytes = engine_->queued_bytes();
   t0 = Clock::now();
   hashers.wait();
   stats_.hash_seconds = since(t0);

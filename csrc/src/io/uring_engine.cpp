@@ -51,6 +51,7 @@ struct Shared {
   const ChunkDone& done;
   std::atomic<size_t> next{0};
   std::atomic<bool> failed{false};
+  std::atomic<uint64_t> queued{0};
   std::mutex mu;
   std::exception_ptr error;
 
@@ -84,6 +85,7 @@ class Worker {
           finish(i);
           continue;
         }
+        s_.queued += left_[slot].length;
         queue(slot);
       }
       if (in_flight_ == 0) return;
@@ -189,7 +191,7 @@ class UringEngine final : public ReadEngine {
 
   void run(const std::vector<ReadOp>& ops, const ChunkDone& done) override {
     const std::vector<Piece> pieces = cut_pieces(ops, chunk_);
-    Shared shared{pieces, done, {}, {}, {}, {}};
+    Shared shared{pieces, done, {}, {}, {}, {}, {}};
     auto work = [&] {
       try {
         Worker(shared, src_.fd(), depth_, async_).run();
@@ -202,14 +204,17 @@ class UringEngine final : public ReadEngine {
     for (size_t t = 1; t < n; ++t) pool.emplace_back(work);
     if (n > 0) work();
     for (auto& t : pool) t.join();
+    queued_ = shared.queued;
     if (shared.error) std::rethrow_exception(shared.error);
   }
+  uint64_t queued_bytes() const override { return queued_; }
 
  private:
   const Source& src_;
   unsigned threads_, depth_;
   size_t chunk_;
   bool async_;
+  uint64_t queued_ = 0;
 };
 
 }  // namespace

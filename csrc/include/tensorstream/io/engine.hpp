@@ -47,6 +47,8 @@ class ReadEngine {
   // Reads every op whole. On failure it lets reads already in flight finish, then throws
   // ReadFailure (or IoError); it never returns while a read may still write to a destination.
   virtual void run(const std::vector<ReadOp>& ops, const ChunkDone& done) = 0;
+  // Bytes the last run read through an asynchronous queue rather than copying inline.
+  virtual uint64_t queued_bytes() const { return 0; }
 };
 
 std::unique_ptr<ReadEngine> make_engine(const Source& src, const EngineOptions& opts);
