@@ -71,7 +71,6 @@ void register_io(py::module_& m) {
         d["queued_bytes"] = s.queued_bytes;
         d["header_seconds"] = s.header_seconds;
         d["data_seconds"] = s.data_seconds;
-        d["hash_seconds"] = s.hash_seconds;
         return d;
       });
 

@@ -3,11 +3,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 
 #include "tensorstream/errors.hpp"
 #include "tensorstream/hash.hpp"
-#include "tensorstream/work_queue.hpp"
 
 namespace ts {
 
@@ -58,6 +59,38 @@ void finish_check(Check& c, const std::string& name) {
                               name);
   }
 }
+
+// Feeds one tensor's chunks to its hasher in order, whatever order they arrive in.
+class HashStream {
+ public:
+  // Records chunk [at, at+n) of `base`; the caller hashes every chunk that is now next in line.
+  // Returns true for exactly one call: the one after which the whole tensor has been hashed.
+  bool add(uint64_t at, uint64_t n, const uint8_t* base, TensorHasher& h) {
+    std::unique_lock<std::mutex> lock(mu_);
+    ready_.emplace(at, n);
+    if (busy_) return false;  // the thread already hashing this tensor will take it
+    busy_ = true;
+    while (!ready_.empty() && ready_.begin()->first == next_) {
+      uint64_t len = ready_.begin()->second;
+      ready_.erase(ready_.begin());
+      lock.unlock();
+      h.update(base + next_, len);
+      lock.lock();
+      next_ += len;
+    }
+    busy_ = false;
+    if (done_ || next_ != total_) return false;
+    done_ = true;
+    return true;
+  }
+  void expect(uint64_t total) { total_ = total; }
+
+ private:
+  std::mutex mu_;
+  std::map<uint64_t, uint64_t> ready_;
+  uint64_t next_ = 0, total_ = 0;
+  bool busy_ = false, done_ = false;
+};
 
 [[noreturn]] void rethrow_read(const ReadFailure& f, const std::string& tensor, const Source& src,
                                const char* what) {
@@ -115,7 +148,7 @@ std::vector<uint16_t> Loader::load(const tz::Index& index, const std::vector<Loa
       used += e.header_size();
     }
     try {
-      engine_->run(ops, [](size_t, uint64_t) {});
+      engine_->run(ops, [](const Piece&) {});
     } catch (const ReadFailure& f) {
       rethrow_read(f, index.entries[reqs[begin + f.op()].entry].name, *src_, "header");
     }
@@ -134,7 +167,7 @@ std::vector<uint16_t> Loader::load(const tz::Index& index, const std::vector<Loa
   }
   stats_.header_seconds = since(t0);
 
-  // Phase 2: data straight into the destinations; each finished tensor is hashed by a worker.
+  // Phase 2: data straight into the destinations.
   t0 = Clock::now();
   std::vector<ReadOp> ops;
   std::vector<size_t> op_req;
@@ -144,27 +177,27 @@ std::vector<uint16_t> Loader::load(const tz::Index& index, const std::vector<Loa
     op_req.push_back(i);
     stats_.bytes += reqs[i].nbytes;
   }
-  std::unique_ptr<std::atomic<uint64_t>[]> remaining(new std::atomic<uint64_t>[ops.size()]);
-  for (size_t i = 0; i < ops.size(); ++i) remaining[i] = ops[i].length;
-  WorkQueue hashers(verify ? (opts_.threads ? opts_.threads : default_threads()) : 0);
-  auto done = [&](size_t op, uint64_t bytes) {
-    if (remaining[op].fetch_sub(bytes) != bytes || !verify) return;
-    size_t r = op_req[op];
-    hashers.submit([&, r] {
-      checks[r].hasher->update(reqs[r].dst, reqs[r].nbytes);
-      finish_check(checks[r], index.entries[reqs[r].entry].name);
-    });
-  };
+  // With verify_hash each tensor is hashed as its chunks arrive, in order, by the worker that
+  // read them (so mostly while the bytes are still in cache); a chunk that arrives early waits in
+  // its tensor's stream until the bytes before it are hashed.
+  std::unique_ptr<HashStream[]> streams(verify ? new HashStream[ops.size()] : nullptr);
+  ChunkDone on_chunk = [](const Piece&) {};
+  if (verify) {
+    for (size_t k = 0; k < ops.size(); ++k) streams[k].expect(ops[k].length);
+    on_chunk = [&](const Piece& p) {
+      const size_t r = op_req[p.op];
+      HashStream& st = streams[p.op];
+      if (st.add(p.dst - ops[p.op].dst, p.length, ops[p.op].dst, *checks[r].hasher))
+        finish_check(checks[r], index.entries[reqs[r].entry].name);
+    };
+  }
   try {
-    engine_->run(ops, done);
+    engine_->run(ops, on_chunk);
   } catch (const ReadFailure& f) {
     rethrow_read(f, index.entries[reqs[op_req[f.op()]].entry].name, *src_, "data");
   }
   stats_.data_seconds = since(t0);
   stats_.queued_bytes = engine_->queued_bytes();
-  t0 = Clock::now();
-  hashers.wait();
-  stats_.hash_seconds = since(t0);
   stats_.reads += ops.size();
   std::vector<uint16_t> modules;
   modules.reserve(checks.size());

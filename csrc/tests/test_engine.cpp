@@ -38,7 +38,7 @@ void run_all_backends(const Source& src, const std::vector<uint8_t>& data) {
     std::vector<uint8_t> a(100000), b(data.size() - 200000);
     std::atomic<uint64_t> seen{0};
     engine->run({{5, a.size(), a.data()}, {200000, b.size(), b.data()}},
-                [&](size_t, uint64_t n) { seen += n; });
+                [&](const Piece& p) { seen += p.length; });
     CHECK(seen == a.size() + b.size());
     CHECK(std::memcmp(a.data(), data.data() + 5, a.size()) == 0);
     CHECK(std::memcmp(b.data(), data.data() + 200000, b.size()) == 0);
@@ -69,7 +69,7 @@ TEST(reading_past_the_end_fails_with_the_op) {
     auto engine = make_engine(file, o);
     std::vector<uint8_t> a(100), b(1000);
     try {
-      engine->run({{0, a.size(), a.data()}, {49500, b.size(), b.data()}}, [](size_t, uint64_t) {});
+      engine->run({{0, a.size(), a.data()}, {49500, b.size(), b.data()}}, [](const Piece&) {});
       CHECK(false);
     } catch (const ReadFailure& f) {
       CHECK(f.op() == 1 && f.err() == 0);

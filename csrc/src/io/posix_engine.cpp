@@ -29,7 +29,7 @@ class PosixEngine final : public ReadEngine {
         if (i >= pieces.size() || failed.load(std::memory_order_relaxed)) return;
         try {
           read_piece(pieces[i]);
-          done(pieces[i].op, pieces[i].length);
+          done(pieces[i]);
         } catch (...) {
           std::lock_guard<std::mutex> lock(error_mu);
           if (!error) error = std::current_exception();

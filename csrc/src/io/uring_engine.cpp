@@ -110,7 +110,7 @@ class Worker {
 
   void finish(size_t i) {
     try {
-      s_.done(s_.pieces[i].op, s_.pieces[i].length);
+      s_.done(s_.pieces[i]);
     } catch (...) {
       s_.fail(std::current_exception());
     }

@@ -17,9 +17,17 @@ struct ReadOp {
   uint8_t* dst = nullptr;
 };
 
-// Called once per finished chunk with the op's position and the chunk's byte count, from several
-// worker threads at once: it must be thread-safe.
-using ChunkDone = std::function<void(size_t op, uint64_t bytes)>;
+// One chunk of an op, as engines cut them.
+struct Piece {
+  size_t op;
+  uint64_t offset;  // in the source
+  uint64_t length;
+  uint8_t* dst;     // ops[op].dst + (offset - ops[op].offset)
+};
+
+// Called once per finished chunk, with the chunk as it was cut, from several worker threads at
+// once: it must be thread-safe. An exception it throws fails the run like a read error.
+using ChunkDone = std::function<void(const Piece& piece)>;
 
 // A read that failed: which op, and why. The loader names the tensor.
 class ReadFailure : public std::runtime_error {
@@ -57,13 +65,6 @@ std::unique_ptr<ReadEngine> make_engine(const Source& src, const EngineOptions& 
 bool uring_available(std::string* why);
 unsigned default_threads();
 
-// One chunk of an op, as engines cut them.
-struct Piece {
-  size_t op;
-  uint64_t offset;
-  uint64_t length;
-  uint8_t* dst;
-};
 std::vector<Piece> cut_pieces(const std::vector<ReadOp>& ops, size_t chunk_bytes);
 
 // Engines, built by make_engine.
