@@ -34,6 +34,10 @@ void translate(std::exception_ptr p) {
           py::dict(py::arg("tensor") = optional_text(e.tensor()), py::arg("field") = optional_text(e.field())));
   } catch (const ts::HashMismatchError& e) {
     raise("HashMismatchError", py::make_tuple(text(e.what())), py::dict(py::arg("tensor") = optional_text(e.tensor())));
+  } catch (const ts::NetworkError& e) {
+    py::object status = e.status() ? py::object(py::int_(e.status())) : py::object(py::none());
+    raise("NetworkError", py::make_tuple(text(e.what())),
+          py::dict(py::arg("url") = text(e.url()), py::arg("status") = status, py::arg("attempts") = e.attempts()));
   } catch (const ts::KeyRequiredError& e) {
     raise("KeyRequiredError", py::make_tuple(text(e.what())), py::dict());
   } catch (const ts::IoError& e) {

@@ -15,7 +15,14 @@ import torch
 from . import utils
 from ._device import DeviceLike
 from ._native import core_features as _core_features
-from .errors import CryptographyError, FormatError, HashMismatchError, KeyRequiredError, TensorstreamError
+from .errors import (
+    CryptographyError,
+    FormatError,
+    HashMismatchError,
+    KeyRequiredError,
+    NetworkError,
+    TensorstreamError,
+)
 from .serialization import TensorDeserializer, TensorSerializer, TensorType
 
 try:
@@ -32,6 +39,7 @@ __all__ = [
     "HashMismatchError",
     "CryptographyError",
     "KeyRequiredError",
+    "NetworkError",
     "save",
     "load",
     "load_module",

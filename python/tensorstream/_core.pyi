@@ -16,6 +16,9 @@ class FileSource(Source):
 class MemorySource(Source):
     def __init__(self, buffer: Any) -> None: ...
 
+class HttpSource(Source):
+    def __init__(self, url: str) -> None: ...
+
 class Entry:
     @property
     def name(self) -> bytes: ...

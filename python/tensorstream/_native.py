@@ -16,6 +16,8 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
 
 FileSource = _core.FileSource
 MemorySource = _core.MemorySource
+# None when the core was built without libcurl.
+HttpSource = getattr(_core, "HttpSource", None)
 Loader = _core.Loader
 Writer = _core.Writer
 read_index = _core.read_index
@@ -24,6 +26,7 @@ core_features = _core.features
 __all__ = [
     "FileSource",
     "MemorySource",
+    "HttpSource",
     "Loader",
     "Writer",
     "read_index",

@@ -17,6 +17,7 @@ from . import _native
 
 MAGIC = b"|TZR|"
 _REMOTE_PREFIXES = ("http://", "https://", "s3://")
+_HTTP_PREFIXES = ("http://", "https://")
 
 
 def _refuse_remote(path: str) -> None:
@@ -51,6 +52,8 @@ def open_source(obj: Any) -> Any:
         return _native.MemorySource(obj)
     if isinstance(obj, (str, bytes, os.PathLike)):
         path = os.fsdecode(obj)
+        if path.lower().startswith(_HTTP_PREFIXES) and _native.HttpSource is not None:
+            return _native.HttpSource(path)
         _refuse_remote(path)
         return _native.FileSource(path)
     if isinstance(obj, int) and not isinstance(obj, bool):

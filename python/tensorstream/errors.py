@@ -12,6 +12,7 @@ __all__ = [
     "HashMismatchError",
     "CryptographyError",
     "KeyRequiredError",
+    "NetworkError",
 ]
 
 
@@ -52,3 +53,23 @@ class CryptographyError(TensorstreamError):
 
 class KeyRequiredError(CryptographyError):
     """The file is encrypted and no key was given."""
+
+
+class NetworkError(TensorstreamError, OSError):
+    """An HTTP(S) transfer failed for good (after its retries, or at once for errors like 404).
+
+    ``url`` is the URL without credentials or query, ``status`` the last HTTP status (None when no
+    reply arrived) and ``attempts`` how many requests were made for the failing range.
+    """
+
+    def __init__(self, message: str, url: Optional[str] = None, status: Optional[int] = None, attempts: int = 0):
+        super().__init__(message)
+        self.url = url
+        self.status = status
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.url, self.status, self.attempts))

@@ -46,6 +46,22 @@ class IoError : public std::runtime_error {
   std::string path_, message_;
 };
 
+// An HTTP transfer failed for good: names the URL (never credentials), the last HTTP status
+// (0 when none arrived) and the attempts made.
+class NetworkError : public std::runtime_error {
+ public:
+  NetworkError(const std::string& msg, std::string url, long status, unsigned attempts)
+      : std::runtime_error(msg), url_(std::move(url)), status_(status), attempts_(attempts) {}
+  const std::string& url() const noexcept { return url_; }
+  long status() const noexcept { return status_; }
+  unsigned attempts() const noexcept { return attempts_; }
+
+ private:
+  std::string url_;
+  long status_;
+  unsigned attempts_;
+};
+
 // Printable form of a tensor name: UTF-8 as is, other bytes escaped, long names shortened.
 std::string printable_name(const std::string& raw);
 

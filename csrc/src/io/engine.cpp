@@ -4,6 +4,10 @@
 #include <cstring>
 #include <thread>
 
+#ifdef TENSORSTREAM_WITH_CURL
+#include "tensorstream/net/http.hpp"
+#endif
+
 namespace ts {
 
 namespace {
@@ -36,6 +40,9 @@ std::vector<Piece> cut_pieces(const std::vector<ReadOp>& ops, size_t chunk_bytes
 std::unique_ptr<ReadEngine> make_engine(const Source& src, const EngineOptions& opts) {
   size_t chunk = opts.chunk_bytes ? opts.chunk_bytes : kDefaultChunk;
   unsigned threads = opts.threads ? opts.threads : default_threads();
+#ifdef TENSORSTREAM_WITH_CURL
+  if (const auto* http = dynamic_cast<const HttpSource*>(&src)) return make_http_engine(*http, chunk);
+#endif
   if (src.fd() < 0) return make_posix_engine(src, threads, chunk);  // memory: parallel memcpy
 
   std::string backend = opts.backend;

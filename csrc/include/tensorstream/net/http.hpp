@@ -1,0 +1,45 @@
+// HTTP(S) byte source: range GETs through a libcurl multi-handle, many in flight over kept-alive
+// connections, bytes written straight into the destinations, broken ranges resumed.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "tensorstream/io/engine.hpp"
+#include "tensorstream/io/source.hpp"
+
+namespace ts {
+
+struct HttpOptions {
+  unsigned connections = 16;  // range requests in flight
+  unsigned retries = 5;       // further attempts per range after the first
+  double timeout_s = 30;      // seconds without progress before a request is retried
+  double deadline_s = 0;      // overall seconds for one run; 0: none
+  std::string ca_bundle;      // PEM file of trusted CAs; empty: the system store
+  bool insecure = false;      // skip certificate checks (testing only)
+  // Fills unset fields from TENSORSTREAM_HTTP_* environment variables.
+  static HttpOptions from_env();
+};
+
+class HttpSource final : public Source {
+ public:
+  // Asks the server for the size with a one-byte range request; throws NetworkError.
+  HttpSource(std::string url, HttpOptions opts);
+  uint64_t size() const override { return size_; }
+  const std::string& name() const override { return display_; }
+  void read_exact(uint64_t offset, void* dst, size_t n) const override;
+  const std::string& url() const { return url_; }
+  const HttpOptions& options() const { return opts_; }
+
+ private:
+  std::string url_, display_;
+  HttpOptions opts_;
+  uint64_t size_ = 0;
+};
+
+std::unique_ptr<ReadEngine> make_http_engine(const HttpSource& src, size_t chunk_bytes);
+
+// The URL without user info and query string, for messages.
+std::string redact_url(const std::string& url);
+
+}  // namespace ts

@@ -1,0 +1,396 @@
+#include "tensorstream/net/http.hpp"
+
+#include <curl/curl.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <random>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "tensorstream/errors.hpp"
+
+namespace ts {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void global_init() {
+  static std::once_flag once;
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
+double env_number(const char* name, double fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  double d = std::strtod(v, &end);
+  if (end == v || *end || d < 0) throw std::invalid_argument(std::string(name) + " must be a non-negative number");
+  return d;
+}
+
+// One range request: the piece it fills, what has arrived, and its attempts.
+struct Transfer {
+  CURL* easy = nullptr;
+  size_t piece = 0;
+  uint64_t offset = 0, length = 0;  // the whole piece
+  uint8_t* dst = nullptr;
+  uint64_t got = 0;  // bytes of the piece received so far, over all attempts
+  uint64_t want_from = 0;  // the offset this attempt asked for
+  bool bad_range = false, overflow = false;
+  unsigned attempts = 0;
+  char range[64];
+};
+
+size_t on_header(char* data, size_t size, size_t n, void* user) {
+  auto* t = static_cast<Transfer*>(user);
+  size_t len = size * n;
+  static const char kName[] = "content-range:";
+  if (len > sizeof kName && strncasecmp(data, kName, sizeof kName - 1) == 0) {
+    std::string v(data + sizeof kName - 1, len - (sizeof kName - 1));
+    unsigned long long start = 0;
+    size_t pos = v.find("bytes");
+    if (pos == std::string::npos || std::sscanf(v.c_str() + pos + 5, " %llu-", &start) != 1 ||
+        start != t->want_from)
+      t->bad_range = true;  // a 206 for some other range: never write it
+  }
+  return len;
+}
+
+size_t on_body(char* data, size_t size, size_t n, void* user) {
+  auto* t = static_cast<Transfer*>(user);
+  size_t len = size * n;
+  long status = 0;
+  curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+  if (status != 206 || t->bad_range) return status == 200 ? 0 : len;  // error bodies are dropped
+  uint64_t room = t->length - t->got;
+  if (len > room) {
+    t->overflow = true;
+    return 0;  // abort: the server sends more than the range
+  }
+  std::memcpy(t->dst + t->got, data, len);
+  t->got += len;
+  return len;
+}
+
+class HttpEngine final : public ReadEngine {
+ public:
+  HttpEngine(const HttpSource& src, size_t chunk) : src_(src), chunk_(chunk) {}
+  const char* name() const override { return "http"; }
+
+  // Several threads, each with its own multi-handle and share of the connections, take ranges
+  // from a shared counter: copying the bodies into the destinations uses every core.
+  void run(const std::vector<ReadOp>& ops, const ChunkDone& done) override {
+    const std::vector<Piece> pieces = cut_pieces(ops, chunk_);
+    if (pieces.empty()) return;
+    const HttpOptions& o = src_.options();
+    size_t threads = std::min<size_t>({default_threads(), std::max(1u, o.connections), pieces.size()});
+    size_t per_thread = (std::max(1u, o.connections) + threads - 1) / threads;
+    Shared shared{pieces, done};
+    auto work = [&] {
+      try {
+        worker(shared, per_thread);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(shared.mu);
+        if (!shared.error) shared.error = std::current_exception();
+        shared.failed = true;
+      }
+    };
+    std::vector<std::thread> pool;
+    for (size_t t = 1; t < threads; ++t) pool.emplace_back(work);
+    work();
+    for (auto& t : pool) t.join();
+    if (shared.error) std::rethrow_exception(shared.error);
+  }
+
+ private:
+  struct Shared {
+    const std::vector<Piece>& pieces;
+    const ChunkDone& done;
+    std::atomic<size_t> next{0};
+    std::atomic<bool> failed{false};
+    std::mutex mu;
+    std::exception_ptr error;
+  };
+
+  void worker(Shared& sh, size_t connections) {
+    const std::vector<Piece>& pieces = sh.pieces;
+    const ChunkDone& done = sh.done;
+    const HttpOptions& o = src_.options();
+    Multi multi;
+    std::vector<Transfer> slots(std::min<size_t>(connections, pieces.size()));
+    std::vector<Transfer*> idle;
+    for (auto& t : slots) {
+      t.easy = curl_easy_init();
+      if (!t.easy) throw std::runtime_error("curl_easy_init failed");
+      idle.push_back(&t);
+    }
+    struct Retry {
+      Clock::time_point at;
+      Transfer state;
+    };
+    std::deque<Retry> retries;
+    size_t active = 0;
+    const auto deadline = o.deadline_s > 0 ? Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                                                 std::chrono::duration<double>(o.deadline_s))
+                                           : Clock::time_point::max();
+    std::mt19937 rng(std::random_device{}());
+    auto cleanup = [&] {
+      for (auto& t : slots) {
+        if (t.easy) {
+          curl_multi_remove_handle(multi.get(), t.easy);
+          curl_easy_cleanup(t.easy);
+          t.easy = nullptr;
+        }
+      }
+    };
+    try {
+      for (;;) {
+        // Start what can start: due retries first, then new pieces.
+        while (!idle.empty()) {
+          Transfer* t = idle.back();
+          if (!retries.empty() && retries.front().at <= Clock::now()) {
+            CURL* easy = t->easy;
+            *t = retries.front().state;
+            t->easy = easy;
+            retries.pop_front();
+          } else if (size_t i; !sh.failed && (i = sh.next.fetch_add(1)) < pieces.size()) {
+            CURL* easy = t->easy;
+            *t = Transfer{};
+            t->easy = easy;
+            t->piece = i;
+            t->offset = pieces[i].offset;
+            t->length = pieces[i].length;
+            t->dst = pieces[i].dst;
+          } else {
+            break;
+          }
+          idle.pop_back();
+          start(multi.get(), *t);
+          ++active;
+        }
+        if (active == 0 && retries.empty()) break;  // nothing running, nothing left to take
+        if (sh.failed) throw std::runtime_error("another range failed");  // replaced by that error
+        if (Clock::now() > deadline)
+          throw NetworkError("GET " + src_.name() + ": deadline of " + std::to_string(o.deadline_s) +
+                                 " s exceeded",
+                             src_.name(), 0, 0);
+        int running = 0;
+        curl_multi_perform(multi.get(), &running);
+        int msgs = 0;
+        bool finished_any = false;
+        while (CURLMsg* m = curl_multi_info_read(multi.get(), &msgs)) {
+          if (m->msg != CURLMSG_DONE) continue;
+          Transfer* t = nullptr;
+          curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, reinterpret_cast<char**>(&t));
+          curl_multi_remove_handle(multi.get(), t->easy);
+          --active;
+          finish(*t, m->data.result, done, pieces, retries, rng);
+          idle.push_back(t);
+          finished_any = true;
+        }
+        if (finished_any) continue;  // start the next ranges before waiting
+        int wait_ms = 100;
+        if (active == 0 && !retries.empty()) {
+          auto left = std::chrono::duration_cast<std::chrono::milliseconds>(retries.front().at - Clock::now());
+          wait_ms = static_cast<int>(std::clamp<long long>(left.count(), 0, 100));
+        }
+        curl_multi_poll(multi.get(), nullptr, 0, wait_ms, nullptr);
+      }
+    } catch (...) {
+      cleanup();  // removing a handle stops its transfer: nothing writes after this
+      throw;
+    }
+    cleanup();
+  }
+
+  struct Multi {
+    Multi() : m(curl_multi_init()) {
+      if (!m) throw std::runtime_error("curl_multi_init failed");
+    }
+    ~Multi() { curl_multi_cleanup(m); }
+    CURLM* get() { return m; }
+    CURLM* m;
+  };
+
+  void start(CURLM* multi, Transfer& t) {
+    const HttpOptions& o = src_.options();
+    CURL* e = t.easy;
+    curl_easy_reset(e);
+    t.want_from = t.offset + t.got;
+    t.bad_range = t.overflow = false;
+    ++t.attempts;
+    std::snprintf(t.range, sizeof t.range, "%llu-%llu", static_cast<unsigned long long>(t.want_from),
+                  static_cast<unsigned long long>(t.offset + t.length - 1));
+    curl_easy_setopt(e, CURLOPT_URL, src_.url().c_str());
+    curl_easy_setopt(e, CURLOPT_RANGE, t.range);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, &t);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, &t);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, &t);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, nullptr);  // bytes as stored, never re-encoded
+    long timeout = std::max(1L, static_cast<long>(o.timeout_s));
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, timeout);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, timeout);
+    if (!o.ca_bundle.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, o.ca_bundle.c_str());
+    if (o.insecure) {
+      curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+      curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    curl_multi_add_handle(multi, e);
+  }
+
+  template <typename Retries>
+  void finish(Transfer& t, CURLcode rc, const ChunkDone& done, const std::vector<Piece>& pieces,
+              Retries& retries, std::mt19937& rng) {
+    long status = 0;
+    curl_easy_getinfo(t.easy, CURLINFO_RESPONSE_CODE, &status);
+    const std::string where = "GET " + src_.name() + " bytes " + t.range;
+    if (rc == CURLE_OK && status == 206 && !t.bad_range && t.got == t.length) {
+      done(pieces[t.piece]);
+      return;
+    }
+    if (status == 200)
+      throw NetworkError(where + ": the server ignores Range requests (answered 200 with the whole file)",
+                         src_.name(), status, t.attempts);
+    std::string why;
+    bool retryable = true;
+    if (t.bad_range) {
+      why = "answered 206 for a different range";
+    } else if (t.overflow) {
+      why = "sent more bytes than the range holds";
+    } else if (rc != CURLE_OK && status != 206) {
+      why = std::string(curl_easy_strerror(rc)) + (status ? " (HTTP " + std::to_string(status) + ")" : "");
+    } else if (status >= 400) {
+      why = "HTTP " + std::to_string(status);
+      retryable = status == 408 || status == 429 || status >= 500;
+    } else if (rc != CURLE_OK) {
+      why = curl_easy_strerror(rc);
+    } else {
+      why = "body ended after " + std::to_string(t.got) + " of " + std::to_string(t.length) + " bytes";
+    }
+    if (t.bad_range || t.overflow) t.got = 0;  // what arrived cannot be trusted: fetch it again
+    if (!retryable || t.attempts > src_.options().retries)
+      throw NetworkError(where + ": " + why + " after " + std::to_string(t.attempts) + " attempt" +
+                             (t.attempts == 1 ? "" : "s"),
+                         src_.name(), status, t.attempts);
+    double base = 0.05 * static_cast<double>(1u << std::min(t.attempts - 1, 7u));
+    double delay = std::min(base, 5.0) * std::uniform_real_distribution<double>(0.5, 1.0)(rng);
+    retries.push_back({Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(delay)),
+                       t});
+    std::sort(retries.begin(), retries.end(), [](const auto& a, const auto& b) { return a.at < b.at; });
+  }
+
+  const HttpSource& src_;
+  size_t chunk_;
+};
+
+}  // namespace
+
+HttpOptions HttpOptions::from_env() {
+  HttpOptions o;
+  o.connections = static_cast<unsigned>(env_number("TENSORSTREAM_HTTP_CONNECTIONS", o.connections));
+  if (o.connections == 0) throw std::invalid_argument("TENSORSTREAM_HTTP_CONNECTIONS must be at least 1");
+  o.retries = static_cast<unsigned>(env_number("TENSORSTREAM_HTTP_RETRIES", o.retries));
+  o.timeout_s = env_number("TENSORSTREAM_HTTP_TIMEOUT", o.timeout_s);
+  o.deadline_s = env_number("TENSORSTREAM_HTTP_DEADLINE", o.deadline_s);
+  return o;
+}
+
+std::string redact_url(const std::string& url) {
+  std::string out = url.substr(0, url.find_first_of("?#"));
+  size_t scheme = out.find("://");
+  size_t host = scheme == std::string::npos ? 0 : scheme + 3;
+  size_t slash = out.find('/', host);
+  size_t at = out.rfind('@', slash == std::string::npos ? out.size() : slash);
+  if (at != std::string::npos && at >= host) out.erase(host, at + 1 - host);
+  return out;
+}
+
+HttpSource::HttpSource(std::string url, HttpOptions opts)
+    : url_(std::move(url)), display_(redact_url(url_)), opts_(std::move(opts)) {
+  global_init();
+  // Ask for the first byte: a 206 carries the total size in Content-Range.
+  CURL* e = curl_easy_init();
+  if (!e) throw std::runtime_error("curl_easy_init failed");
+  std::string content_range;
+  auto header = +[](char* data, size_t size, size_t n, void* user) -> size_t {
+    size_t len = size * n;
+    static const char kName[] = "content-range:";
+    if (len > sizeof kName && strncasecmp(data, kName, sizeof kName - 1) == 0)
+      static_cast<std::string*>(user)->assign(data + sizeof kName - 1, len - (sizeof kName - 1));
+    return len;
+  };
+  auto body = +[](char*, size_t size, size_t n, void*) -> size_t { return size * n <= 1 ? size * n : 0; };
+  long status = 0;
+  CURLcode rc = CURLE_OK;
+  unsigned attempts = 0;
+  for (; attempts <= opts_.retries; ++attempts) {
+    curl_easy_reset(e);
+    curl_easy_setopt(e, CURLOPT_URL, url_.c_str());
+    curl_easy_setopt(e, CURLOPT_RANGE, "0-0");
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, &content_range);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, body);
+    long timeout = std::max(1L, static_cast<long>(opts_.timeout_s));
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, timeout);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, timeout);
+    if (!opts_.ca_bundle.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, opts_.ca_bundle.c_str());
+    if (opts_.insecure) {
+      curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+      curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    content_range.clear();
+    rc = curl_easy_perform(e);
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+    bool transient = (rc != CURLE_OK && status == 0) || status == 408 || status == 429 || status >= 500;
+    if (!transient) break;
+    double delay = 0.05 * static_cast<double>(1u << std::min(attempts, 7u));
+    std::this_thread::sleep_for(std::chrono::duration<double>(std::min(delay, 2.0)));
+  }
+  curl_easy_cleanup(e);
+  attempts = std::min(attempts + 1, opts_.retries + 1);
+  const std::string where = "GET " + display_;
+  if (status == 200)
+    throw NetworkError(where + ": the server ignores Range requests (answered 200 to a range request)",
+                       display_, status, attempts);
+  if (status != 206) {
+    std::string why = status ? "HTTP " + std::to_string(status) : std::string(curl_easy_strerror(rc));
+    throw NetworkError(where + ": " + why + " after " + std::to_string(attempts) + " attempt" +
+                           (attempts == 1 ? "" : "s"),
+                       display_, status, attempts);
+  }
+  size_t slash = content_range.find('/');
+  unsigned long long total = 0;
+  if (slash == std::string::npos || std::sscanf(content_range.c_str() + slash + 1, "%llu", &total) != 1)
+    throw NetworkError(where + ": no usable Content-Range in the reply", display_, status, attempts);
+  size_ = total;
+}
+
+void HttpSource::read_exact(uint64_t offset, void* dst, size_t n) const {
+  if (offset > size_ || n > size_ - offset)
+    throw FormatError("file ends before byte " + std::to_string(offset + n), "", "file_size");
+  HttpEngine engine(*this, 8u << 20);
+  engine.run({ReadOp{offset, n, static_cast<uint8_t*>(dst)}}, [](const Piece&) {});
+}
+
+std::unique_ptr<ReadEngine> make_http_engine(const HttpSource& src, size_t chunk_bytes) {
+  return std::make_unique<HttpEngine>(src, chunk_bytes);
+}
+
+}  // namespace ts
