@@ -1,0 +1,427 @@
+"""HTTP servers for the network tests, started on free loopback ports.
+
+``Nginx`` runs the system nginx binary as a child process with its own prefix, config and logs
+(nothing under /etc/nginx is read, nothing but its loopback port is bound). ``FaultServer`` is a
+small threaded HTTP/1.1 server with byte-range support whose responses a test can break on
+purpose, per file: fail with a status, drop the connection mid-body, ignore ``Range``, send a
+short or long body, stall, or pretend the file is missing. It records every request it answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import os
+import re
+import select
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+from urllib.parse import urlsplit
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def _port_answers(port: int) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------- nginx
+
+_NGINX_CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid "{work}/nginx.pid";
+error_log "{work}/error.log" warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log "{work}/access.log";
+    client_body_temp_path "{work}/temp/body";
+    proxy_temp_path "{work}/temp/proxy";
+    fastcgi_temp_path "{work}/temp/fastcgi";
+    uwsgi_temp_path "{work}/temp/uwsgi";
+    scgi_temp_path "{work}/temp/scgi";
+    types {{ }}
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 60s;
+    keepalive_requests 100000;
+    server {{
+        listen {host}:{port};
+        server_name localhost;
+        root "{root}";
+        location / {{ }}
+    }}
+}}
+"""
+
+
+def nginx_binary() -> Optional[str]:
+    """Path of an executable nginx, or None."""
+    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+class Nginx:
+    """nginx serving ``root`` on a free loopback port; ``stop()`` ends it."""
+
+    def __init__(self, binary: str, root: Path, work: Path) -> None:
+        self.binary, self.root, self.work = binary, Path(root), Path(work)
+        self.port = 0
+        self._proc: Optional[subprocess.Popen] = None
+        for sub in ("temp", "temp/body", "temp/proxy", "temp/fastcgi", "temp/uwsgi", "temp/scgi"):
+            (self.work / sub).mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def url(self, name: str) -> str:
+        return f"http://{LOOPBACK}:{self.port}/{name}"
+
+    @property
+    def access_log(self) -> Path:
+        return self.work / "access.log"
+
+    def start(self, tries: int = 3, timeout: float = 10.0) -> None:
+        """Starts nginx; another port is tried when the chosen one was taken in the meantime."""
+        problem = ""
+        for _ in range(tries):
+            self.port = free_port()
+            conf = self.work / "nginx.conf"
+            conf.write_text(_NGINX_CONF.format(work=self.work, root=self.root, host=LOOPBACK, port=self.port))
+            log = open(self.work / "stderr.log", "wb")
+            self._proc = subprocess.Popen(
+                [self.binary, "-p", f"{self.work}/", "-c", str(conf), "-e", str(self.work / "error.log")],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            )
+            log.close()
+            problem = self._wait_ready(timeout)
+            if not problem:
+                return
+            self.stop()
+            if "in use" not in problem:
+                break
+        raise RuntimeError(f"nginx did not start: {problem}")
+
+    def _wait_ready(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                return self._logs() or f"exited with status {self._proc.returncode}"
+            if _port_answers(self.port):
+                return ""
+            time.sleep(0.02)
+        return f"port {self.port} did not answer within {timeout:.0f} s; {self._logs()}"
+
+    def _logs(self) -> str:
+        text = ""
+        for name in ("stderr.log", "error.log"):
+            path = self.work / name
+            if path.exists():
+                text += path.read_text(errors="replace")
+        return text.strip()
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+# ---------------------------------------------------------------------------------- fault server
+
+FAULT_KINDS = ("fail", "missing", "drop", "short", "long", "stall", "ignore_range", "delay")
+
+
+@dataclasses.dataclass
+class Fault:
+    """How to misbehave for one file.
+
+    ``kind``: ``fail`` (answer ``status``, with ``Retry-After: 0``), ``missing`` (404), ``drop``
+    (send ``after`` body bytes, then close; only ranges longer than that), ``short`` (declare the
+    full Content-Length, send half the body, close), ``long`` (``extra`` bytes beyond the range,
+    declared in Content-Length), ``stall`` (send the headers, then nothing for ``seconds`` or until
+    the client hangs up), ``ignore_range`` (200 with the whole file, no Accept-Ranges), ``delay``
+    (wait ``seconds`` before answering normally). ``count``: how many requests it applies to (None:
+    all). Body faults and ``delay`` apply to GET only.
+    """
+
+    kind: str
+    count: Optional[int] = None
+    status: int = 503
+    after: int = 0
+    extra: int = 17
+    seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {self.kind!r}")
+
+
+@dataclasses.dataclass
+class Hit:
+    """One request as the fault server saw and answered it."""
+
+    method: str
+    range: Optional[str]  # the Range header as sent
+    start: Optional[int]  # the requested range, inclusive, when it parsed
+    end: Optional[int]
+    client: Tuple[str, int]  # the connection (one port per connection)
+    status: int = 0
+    sent: int = 0  # body bytes written
+    fault: Optional[str] = None
+
+
+class _File:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.fault: Optional[Fault] = None
+        self.left: Optional[int] = None
+        self.hits: List[Hit] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def claim(self, method: str, length: int) -> Optional[Fault]:
+        """The fault to apply to this request, counting it against ``count``."""
+        fault = self.fault
+        if fault is None or self.left == 0:
+            return None
+        body_fault = fault.kind not in ("fail", "missing")
+        if body_fault and method != "GET":
+            return None
+        if fault.kind == "drop" and length <= fault.after:
+            return None
+        if self.left is not None:
+            self.left -= 1
+        return fault
+
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def parse_range(header: str, size: int) -> Optional[Tuple[int, int]]:
+    """Inclusive (start, end) of a single byte range, or None when it cannot be satisfied."""
+    match = _RANGE.match(header.strip())
+    if not match or not (match.group(1) or match.group(2)):
+        return None
+    first, last = match.group(1), match.group(2)
+    if not first:  # suffix: the last N bytes
+        count = int(last)
+        return (max(size - count, 0), size - 1) if count and size else None
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    return (start, end) if start <= end and start < size else None
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    timeout = 20  # an idle kept-alive connection is closed after this many seconds
+    server: "_Server"
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - quiet
+        pass
+
+    def do_GET(self) -> None:
+        self._serve(with_body=True)
+
+    def do_HEAD(self) -> None:
+        self._serve(with_body=False)
+
+    def _serve(self, with_body: bool) -> None:
+        owner = self.server.owner
+        name = urlsplit(self.path).path.lstrip("/")
+        header = self.headers.get("Range")
+        with owner.lock:
+            entry = owner.files.get(name)
+            size = len(entry.data) if entry else 0
+            wanted = parse_range(header, size) if header is not None else None
+            hit = Hit(self.command, header, *(wanted or (None, None)), client=self.client_address)
+            fault = None
+            if entry is not None:
+                length = wanted[1] - wanted[0] + 1 if wanted else size
+                fault = entry.claim(self.command, length)
+                hit.fault = fault.kind if fault else None
+                entry.hits.append(hit)
+                entry.in_flight += 1
+                entry.max_in_flight = max(entry.max_in_flight, entry.in_flight)
+        try:
+            self._respond(entry, fault, header, wanted, hit, with_body)
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            self.close_connection = True
+        finally:
+            if entry is not None:
+                with owner.lock:
+                    entry.in_flight -= 1
+
+    def _respond(self, entry, fault, header, wanted, hit, with_body) -> None:
+        kind = fault.kind if fault else None
+        if entry is None or kind == "missing":
+            return self._reply_status(hit, 404)
+        if kind == "fail":
+            return self._reply_status(hit, fault.status, {"Retry-After": "0"})
+        if kind == "delay":
+            self.server.stopping.wait(fault.seconds)
+        data, size = entry.data, len(entry.data)
+        if kind == "ignore_range" or header is None:
+            status, start, end = 200, 0, size - 1
+        elif wanted is None:
+            return self._reply_status(hit, 416, {"Content-Range": f"bytes */{size}"})
+        else:
+            status, (start, end) = 206, wanted
+        body = memoryview(data)[start:end + 1]
+        if kind == "long":
+            body = memoryview(bytes(body) + b"\xa5" * fault.extra)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        if kind != "ignore_range":
+            self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        hit.status = status
+        if not with_body:
+            return
+        if kind == "stall":
+            self.wfile.flush()
+            self._stall(fault.seconds)
+            return self._hang_up()
+        limit = len(body)
+        if kind == "drop":
+            limit = fault.after
+        elif kind == "short":
+            limit = len(body) // 2
+        self._write(body[:limit], hit)
+        if limit < len(body):
+            self._hang_up()
+
+    def _reply_status(self, hit: Hit, status: int, headers: Optional[Dict[str, str]] = None) -> None:
+        text = f"{status} {http.server.BaseHTTPRequestHandler.responses.get(status, ('',))[0]}\n".encode()
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(text)))
+        self.end_headers()
+        hit.status = status
+        if self.command != "HEAD":
+            self.wfile.write(text)
+
+    def _write(self, body: memoryview, hit: Hit) -> None:
+        step = 1 << 16
+        for pos in range(0, len(body), step):
+            self.wfile.write(body[pos:pos + step])
+            hit.sent += len(body[pos:pos + step])
+
+    def _stall(self, seconds: float) -> None:
+        """Sends nothing for ``seconds``, returning early when the client hangs up or at shutdown."""
+        deadline = time.monotonic() + seconds
+        sock = self.connection
+        while time.monotonic() < deadline and not self.server.stopping.is_set():
+            ready, _, _ = select.select([sock], [], [], 0.05)
+            if not ready:
+                continue
+            try:
+                if not sock.recv(1, socket.MSG_PEEK):
+                    return  # the client closed the connection
+            except OSError:
+                return
+            time.sleep(0.05)  # it sent something (not expected): keep waiting, without spinning
+
+    def _hang_up(self) -> None:
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # many parallel range requests connect at once
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        self.owner.errors.append(repr(sys.exc_info()[1]))
+
+
+class FaultServer:
+    """A threaded HTTP/1.1 file server on a free loopback port whose answers tests can break."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.files: Dict[str, _File] = {}
+        self.errors: List[str] = []
+        self._server = _Server((LOOPBACK, 0), _Handler)
+        self._server.owner = self
+        self._server.stopping = threading.Event()
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fault-http", daemon=True
+        )
+        self._thread.start()
+
+    def url(self, name: str) -> str:
+        return f"http://{LOOPBACK}:{self.port}/{name}"
+
+    def put(self, name: str, data: bytes) -> str:
+        """Serves ``data`` as ``/name`` (no fault, empty log); returns its URL."""
+        with self.lock:
+            self.files[name] = _File(bytes(data))
+        return self.url(name)
+
+    def fault(self, name: str, kind: Optional[str] = None, **params) -> None:
+        """Sets (or with no kind, clears) the fault of a file; see :class:`Fault`."""
+        with self.lock:
+            entry = self.files[name]
+            entry.fault = Fault(kind, **params) if kind else None
+            entry.left = entry.fault.count if entry.fault else None
+
+    def hits(self, name: str) -> List[Hit]:
+        with self.lock:
+            return list(self.files[name].hits)
+
+    def forget(self, name: str) -> None:
+        """Clears a file's request log and in-flight maximum."""
+        with self.lock:
+            self.files[name].hits.clear()
+            self.files[name].max_in_flight = 0
+
+    def max_in_flight(self, name: str) -> int:
+        with self.lock:
+            return self.files[name].max_in_flight
+
+    def reset(self) -> None:
+        with self.lock:
+            self.files.clear()
+            self.errors.clear()
+
+    def close(self) -> None:
+        self._server.stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
