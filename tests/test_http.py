@@ -422,3 +422,48 @@ def test_parallel_ranges_respect_connection_limit(faults, tmp_path, monkeypatch,
     data = [h for h in hits if h.end - h.start + 1 == 32 << 10]
     assert len(data) >= 14
     assert len({h.client for h in data}) <= connections, "data ranges did not reuse kept-alive connections"
+
+
+# --- stream_io.open_stream ----------------------------------------------------------------------
+
+
+def test_open_stream_reads_like_the_local_file(served_model):
+    from tensorstream import stream_io
+
+    path, url, _ = served_model
+    local = path.read_bytes()
+    with stream_io.open_stream(url, "rb") as stream:
+        assert stream.read(5) == b"|TZR|"
+        assert stream.tell() == 5
+        stream.seek(-100, 2)
+        assert stream.read() == local[-100:]
+        stream.seek(12345)
+        pieces = [stream.read(777) for _ in range(50)]  # small reads, served from the read-ahead
+        assert b"".join(pieces) == local[12345 : 12345 + 777 * 50]
+    with stream_io.open_stream(url, begin=10, end=30) as part:
+        assert part.read() == local[10:30]
+
+
+def test_deserializer_takes_an_open_stream(served_model):
+    from tensorstream import stream_io
+
+    path, url, tensors = served_model
+    with stream_io.open_stream(url) as stream, tensorstream.TensorDeserializer(stream) as d:
+        assert d.io_backend == "http"
+        for name, tensor in tensors.items():
+            assert_same(d[name], tensor)
+    with stream_io.open_stream(str(path)) as f, tensorstream.TensorDeserializer(f) as d:
+        assert d.io_backend in ("io_uring", "posix")
+        assert set(d.keys()) == set(tensors)
+
+
+def test_open_stream_refusals(served_model):
+    from tensorstream import stream_io
+
+    _, url, _ = served_model
+    with pytest.raises(ValueError, match="read-only"):
+        stream_io.open_stream(url, "wb")
+    with pytest.raises(NotImplementedError, match="s3"):
+        stream_io.open_stream("s3://bucket/key")
+    with stream_io.open_stream(url, begin=8) as part, pytest.raises(ValueError, match="start"):
+        tensorstream.TensorDeserializer(part)

@@ -39,6 +39,16 @@ void register_format(py::module_& m) {
   py::class_<ts::Source, std::shared_ptr<ts::Source>>(m, "Source")
       .def_property_readonly("size", &ts::Source::size)
       .def_property_readonly("name", &ts::Source::name)
+      .def(
+          "read_into",
+          [](const ts::Source& s, uint64_t offset, py::buffer b) {
+            py::buffer_info info = b.request(true);
+            size_t n = static_cast<size_t>(info.size * info.itemsize);
+            py::gil_scoped_release nogil;
+            s.read_exact(offset, info.ptr, n);
+          },
+          py::arg("offset"), py::arg("buffer"),
+          "Fill a writable buffer with the bytes at offset; FormatError if the source ends first.")
       .def("__repr__", [](const ts::Source& s) { return "<tensorstream Source " + s.name() + ">"; });
   py::class_<ts::FileSource, ts::Source, std::shared_ptr<ts::FileSource>>(m, "FileSource")
       .def(py::init<const std::string&>(), py::arg("path"))

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from . import utils
+from . import stream_io, utils
 from ._device import DeviceLike
 from ._native import core_features as _core_features
 from .errors import (
@@ -45,6 +45,7 @@ __all__ = [
     "load_module",
     "features",
     "utils",
+    "stream_io",
     "__version__",
 ]
 

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from . import _native
+from . import _native, stream_io
 
 MAGIC = b"|TZR|"
 _REMOTE_PREFIXES = ("http://", "https://", "s3://")
@@ -58,6 +58,10 @@ def open_source(obj: Any) -> Any:
         return _native.FileSource(path)
     if isinstance(obj, int) and not isinstance(obj, bool):
         return _native.FileSource.from_fd(obj)
+    if isinstance(obj, stream_io.HttpStreamFile):
+        if obj.begin != 0 or obj.tell() != 0:
+            raise ValueError("tensors are read from the start of an http stream: open it without begin, seek(0)")
+        return obj.source
     fd = _fileno(obj)
     if fd is not None:
         return _native.FileSource.from_fd(fd)
