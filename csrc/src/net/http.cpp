@@ -91,12 +91,17 @@ class HttpEngine final : public ReadEngine {
     const std::vector<Piece> pieces = cut_pieces(ops, chunk_);
     if (pieces.empty()) return;
     const HttpOptions& o = src_.options();
-    size_t threads = std::min<size_t>({default_threads(), std::max(1u, o.connections), pieces.size()});
-    size_t per_thread = (std::max(1u, o.connections) + threads - 1) / threads;
-    Shared shared{pieces, done};
-    auto work = [&] {
+    std::lock_guard<std::mutex> one_run(run_mu_);  // lanes are used by one run at a time
+    if (lanes_.empty()) {
+      size_t threads = std::min<size_t>(default_threads(), std::max(1u, o.connections));
+      size_t per_thread = (std::max(1u, o.connections) + threads - 1) / threads;
+      for (size_t t = 0; t < threads; ++t) lanes_.push_back(std::make_unique<Lane>(per_thread));
+    }
+    const size_t threads = std::min(lanes_.size(), pieces.size());
+    Shared shared{pieces, done, {}, {}, {}, {}};
+    auto work = [&](size_t lane) {
       try {
-        worker(shared, per_thread);
+        worker(shared, *lanes_[lane]);
       } catch (...) {
         std::lock_guard<std::mutex> lock(shared.mu);
         if (!shared.error) shared.error = std::current_exception();
@@ -104,13 +109,39 @@ class HttpEngine final : public ReadEngine {
       }
     };
     std::vector<std::thread> pool;
-    for (size_t t = 1; t < threads; ++t) pool.emplace_back(work);
-    work();
+    for (size_t t = 1; t < threads; ++t) pool.emplace_back(work, t);
+    work(0);
     for (auto& t : pool) t.join();
     if (shared.error) std::rethrow_exception(shared.error);
   }
 
  private:
+  struct Multi {
+    Multi() : m(curl_multi_init()) {
+      if (!m) throw std::runtime_error("curl_multi_init failed");
+    }
+    ~Multi() { curl_multi_cleanup(m); }
+    CURLM* get() { return m; }
+    CURLM* m;
+  };
+
+  // One thread's multi-handle and easy handles, kept from run to run so that later loads through
+  // the same loader (lazy accesses, the data after the headers) reuse the open connections.
+  struct Lane {
+    explicit Lane(size_t connections) : slots(std::max<size_t>(1, connections)) {
+      for (auto& t : slots) {
+        t.easy = curl_easy_init();
+        if (!t.easy) throw std::runtime_error("curl_easy_init failed");
+      }
+    }
+    ~Lane() {
+      for (auto& t : slots) curl_easy_cleanup(t.easy);
+    }
+    Lane(const Lane&) = delete;
+    Lane& operator=(const Lane&) = delete;
+    std::vector<Transfer> slots;
+    Multi multi;  // destroyed before the easy handles, which it no longer holds
+  };
   struct Shared {
     const std::vector<Piece>& pieces;
     const ChunkDone& done;
@@ -120,18 +151,14 @@ class HttpEngine final : public ReadEngine {
     std::exception_ptr error;
   };
 
-  void worker(Shared& sh, size_t connections) {
+  void worker(Shared& sh, Lane& lane) {
     const std::vector<Piece>& pieces = sh.pieces;
     const ChunkDone& done = sh.done;
     const HttpOptions& o = src_.options();
-    Multi multi;
-    std::vector<Transfer> slots(std::min<size_t>(connections, pieces.size()));
+    Multi& multi = lane.multi;
+    std::vector<Transfer>& slots = lane.slots;
     std::vector<Transfer*> idle;
-    for (auto& t : slots) {
-      t.easy = curl_easy_init();
-      if (!t.easy) throw std::runtime_error("curl_easy_init failed");
-      idle.push_back(&t);
-    }
+    for (auto& t : slots) idle.push_back(&t);
     struct Retry {
       Clock::time_point at;
       Transfer state;
@@ -142,14 +169,8 @@ class HttpEngine final : public ReadEngine {
                                                                  std::chrono::duration<double>(o.deadline_s))
                                            : Clock::time_point::max();
     std::mt19937 rng(std::random_device{}());
-    auto cleanup = [&] {
-      for (auto& t : slots) {
-        if (t.easy) {
-          curl_multi_remove_handle(multi.get(), t.easy);
-          curl_easy_cleanup(t.easy);
-          t.easy = nullptr;
-        }
-      }
+    auto cleanup = [&] {  // removing a handle that is not in the multi is a harmless no-op
+      for (auto& t : slots) curl_multi_remove_handle(multi.get(), t.easy);
     };
     try {
       for (;;) {
@@ -211,14 +232,7 @@ class HttpEngine final : public ReadEngine {
     cleanup();
   }
 
-  struct Multi {
-    Multi() : m(curl_multi_init()) {
-      if (!m) throw std::runtime_error("curl_multi_init failed");
-    }
-    ~Multi() { curl_multi_cleanup(m); }
-    CURLM* get() { return m; }
-    CURLM* m;
-  };
+
 
   void start(CURLM* multi, Transfer& t) {
     const HttpOptions& o = src_.options();
@@ -295,6 +309,8 @@ class HttpEngine final : public ReadEngine {
 
   const HttpSource& src_;
   size_t chunk_;
+  std::mutex run_mu_;
+  std::vector<std::unique_ptr<Lane>> lanes_;
 };
 
 }  // namespace
