@@ -1,154 +1,31 @@
 """HTTP servers for the network tests, started on free loopback ports.
 
-``Nginx`` runs the system nginx binary as a child process with its own prefix, config and logs
-(nothing under /etc/nginx is read, nothing but its loopback port is bound). ``FaultServer`` is a
-small threaded HTTP/1.1 server with byte-range support whose responses a test can break on
-purpose, per file: fail with a status, drop the connection mid-body, ignore ``Range``, send a
-short or long body, stall, or pretend the file is missing. It records every request it answers.
+``Nginx``, shared with the benchmarks (``benchmarks/_nginx.py``), runs the system nginx binary as a
+child process with its own prefix, config and logs. ``FaultServer`` is a small threaded HTTP/1.1
+server with byte-range support whose responses a test can break on purpose, per file: fail with a
+status, drop the connection mid-body, ignore ``Range``, send a short or long body, stall, or
+pretend the file is missing. It records every request it answers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import http.server
-import os
 import re
 import select
-import shutil
 import socket
-import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
-LOOPBACK = "127.0.0.1"
+_BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
+if _BENCHMARKS not in sys.path:
+    sys.path.insert(0, _BENCHMARKS)
 
-
-def free_port() -> int:
-    """A TCP port on loopback that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def _port_answers(port: int) -> bool:
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-# --------------------------------------------------------------------------------------------- nginx
-
-_NGINX_CONF = """\
-daemon off;
-master_process off;
-worker_processes 1;
-pid "{work}/nginx.pid";
-error_log "{work}/error.log" warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log "{work}/access.log";
-    client_body_temp_path "{work}/temp/body";
-    proxy_temp_path "{work}/temp/proxy";
-    fastcgi_temp_path "{work}/temp/fastcgi";
-    uwsgi_temp_path "{work}/temp/uwsgi";
-    scgi_temp_path "{work}/temp/scgi";
-    types {{ }}
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_timeout 60s;
-    keepalive_requests 100000;
-    server {{
-        listen {host}:{port};
-        server_name localhost;
-        root "{root}";
-        location / {{ }}
-    }}
-}}
-"""
-
-
-def nginx_binary() -> Optional[str]:
-    """Path of an executable nginx, or None."""
-    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-class Nginx:
-    """nginx serving ``root`` on a free loopback port; ``stop()`` ends it."""
-
-    def __init__(self, binary: str, root: Path, work: Path) -> None:
-        self.binary, self.root, self.work = binary, Path(root), Path(work)
-        self.port = 0
-        self._proc: Optional[subprocess.Popen] = None
-        for sub in ("temp", "temp/body", "temp/proxy", "temp/fastcgi", "temp/uwsgi", "temp/scgi"):
-            (self.work / sub).mkdir(parents=True, exist_ok=True)
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def url(self, name: str) -> str:
-        return f"http://{LOOPBACK}:{self.port}/{name}"
-
-    @property
-    def access_log(self) -> Path:
-        return self.work / "access.log"
-
-    def start(self, tries: int = 3, timeout: float = 10.0) -> None:
-        """Starts nginx; another port is tried when the chosen one was taken in the meantime."""
-        problem = ""
-        for _ in range(tries):
-            self.port = free_port()
-            conf = self.work / "nginx.conf"
-            conf.write_text(_NGINX_CONF.format(work=self.work, root=self.root, host=LOOPBACK, port=self.port))
-            log = open(self.work / "stderr.log", "wb")
-            self._proc = subprocess.Popen(
-                [self.binary, "-p", f"{self.work}/", "-c", str(conf), "-e", str(self.work / "error.log")],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            )
-            log.close()
-            problem = self._wait_ready(timeout)
-            if not problem:
-                return
-            self.stop()
-            if "in use" not in problem:
-                break
-        raise RuntimeError(f"nginx did not start: {problem}")
-
-    def _wait_ready(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                return self._logs() or f"exited with status {self._proc.returncode}"
-            if _port_answers(self.port):
-                return ""
-            time.sleep(0.02)
-        return f"port {self.port} did not answer within {timeout:.0f} s; {self._logs()}"
-
-    def _logs(self) -> str:
-        text = ""
-        for name in ("stderr.log", "error.log"):
-            path = self.work / name
-            if path.exists():
-                text += path.read_text(errors="replace")
-        return text.strip()
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
+from _nginx import LOOPBACK, Nginx, free_port, nginx_binary  # noqa: E402,F401 - re-exported
 
 # ---------------------------------------------------------------------------------- fault server
 
@@ -364,8 +241,6 @@ class _Server(http.server.ThreadingHTTPServer):
     request_queue_size = 128  # many parallel range requests connect at once
 
     def handle_error(self, request, client_address) -> None:
-        import sys
-
         self.owner.errors.append(repr(sys.exc_info()[1]))
 
 
