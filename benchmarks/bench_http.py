@@ -1,0 +1,330 @@
+#!/usr/bin/env python3
+"""Load a synthetic model over HTTP from nginx on loopback with tensorstream and tensorizer.
+
+The model of bench_local.py is saved with both libraries and served by nginx from two server
+blocks: a plain one and one that caps every response at --cap-mbps (an S3-like link). Every load
+runs in a fresh process (bench_local.py --worker), is timed like the local ones and verified
+against the reference checksums; `curl` downloads, timed from here, give the ceilings. See
+BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _nginx  # noqa: E402
+import _report  # noqa: E402
+import _system  # noqa: E402
+import bench_local  # noqa: E402
+from bench_local import GIB, log  # noqa: E402
+
+DEFAULT_CONNECTIONS = 16  # TENSORSTREAM_HTTP_CONNECTIONS when unset
+REFERENCE = "ts-http"
+TARGET_SHARE = 0.85
+TARGET_VS_TENSORIZER = 10
+
+
+def methods(args, link: str) -> dict:
+    """name -> (worker loader or 'curl', connections or streams, extra environment)."""
+    out = {REFERENCE: ("ts-http", DEFAULT_CONNECTIONS, {})}
+    for n in args.connections:
+        out[f"ts-http-c{n}"] = ("ts-http", n, {"TENSORSTREAM_HTTP_CONNECTIONS": str(n)})
+    out["tensorizer"] = ("tensorizer", None, {})
+    if link == "loopback":
+        out["curl-1"] = ("curl", 1, {})
+    for n in args.curl_ranges:
+        out[f"curl-{n}r"] = ("curl", n, {})
+    return out
+
+
+def _served(spec: tuple) -> str:
+    """The saved file a method reads: tensorizer reads its own, the rest tensorstream's."""
+    return "tensorizer" if spec[0] == "tensorizer" else "tensorstream"
+
+
+def run_curl(url: str, size: int, streams: int, timeout: float) -> dict:
+    """`curl -o /dev/null`: the whole file, or `streams` parallel range requests covering it."""
+    cuts = [size * i // streams for i in range(streams + 1)]
+    cmds, want = [], []
+    for a, b in zip(cuts, cuts[1:]):
+        cmd = ["curl", "-s", "-S", "-o", "/dev/null", "-w", "%{http_code} %{size_download}"]
+        cmds.append(cmd + (["-r", f"{a}-{b - 1}"] if streams > 1 else []) + [url])
+        want.append(f"{206 if streams > 1 else 200} {b - a}")
+    deadline = time.monotonic() + timeout
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c in cmds]
+    outs, problems = [], []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+            problems.append(f"timed out after {timeout:.0f} s")
+        outs.append(out.strip())
+        if p.returncode and not problems:
+            problems.append(f"curl exited {p.returncode}: {err.strip()[:200]}")
+    seconds = time.perf_counter() - t0
+    problems += [f"got '{o}' (status, bytes), expected '{w}'" for o, w in zip(outs, want) if o != w]
+    return {"seconds": seconds, "peak_rss_mib": None,
+            "engine": f"{streams} stream" if streams == 1 else f"{streams} ranges",
+            "check": "FAIL: " + "; ".join(problems[:3]) if problems else "pass"}
+
+
+def run_load(args, spec: tuple, url: str, workdir: str, crc: int) -> dict:
+    loader, connections, env = spec
+    job = {"kind": "load", "method": loader, "path": url, "file_crc32": crc,
+           "reference": os.path.join(workdir, "reference.json")}
+    res = bench_local.run_worker(job, env, workdir, args.timeout)
+    engine = res.get("engine", "")
+    if loader == "ts-http" and res["check"] == "pass" and engine != "http":
+        res["check"] = f"FAIL: loaded through the {engine!r} engine, not http"
+    if connections:
+        res["engine"] = f"{engine or '?'}, {connections} connections"
+    return res
+
+
+def load_all(args, servers: dict, urls: dict, sizes: dict, ref: dict, crc: int, workdir: str):
+    """Rounds of every method on every link; name -> summary, per link."""
+    plan = {link: methods(args, link) for link in servers}
+    runs = {link: {m: [] for m in plan[link]} for link in servers}
+    warm = copy.deepcopy(runs)
+    for r in range(args.warmup + args.runs):
+        label = "warm-up" if r < args.warmup else f"run {r - args.warmup + 1}/{args.runs}"
+        for link in servers:
+            for name, spec in plan[link].items():
+                fmt = _served(spec)
+                url = servers[link].url(urls[fmt], capped=link == "capped")
+                if spec[0] == "curl":
+                    res = run_curl(url, sizes[fmt], spec[1], args.timeout)
+                else:
+                    res = run_load(args, spec, url, workdir, crc)
+                (warm if r < args.warmup else runs)[link][name].append(res)
+                nbytes = sizes[fmt] if spec[0] == "curl" else ref["model_bytes"]
+                rss = res.get("peak_rss_mib")
+                speed = (f"{res['seconds']:7.3f} s {nbytes / res['seconds'] / 1e9:6.2f} GB/s" +
+                         (f"  peak RSS {rss:6.0f} MiB" if rss else "") if "seconds" in res else "")
+                log(f"load  {label:9} {link:8} {name:12}{speed}  {res.get('engine', '')}  "
+                    f"{res['check']}")
+    out = {}
+    for link in servers:
+        out[link] = {}
+        for name, spec in plan[link].items():
+            fmt = _served(spec)
+            nbytes = sizes[fmt] if spec[0] == "curl" else ref["model_bytes"]
+            out[link][name] = _report.summarize(name, runs[link][name], warm[link][name], nbytes)
+            out[link][name]["streams"] = spec[1]
+    return out
+
+
+def _readers(summary: dict) -> int | None:
+    match = re.search(r"(\d+) readers", summary.get("engine", ""))
+    return int(match.group(1)) if match else None
+
+
+def add_ceilings(loads: dict, cap_gbps: float | None) -> float | None:
+    """Each summary's ceiling (GB/s) and its share of it, and the ratio to ts-http; best curl."""
+    best = max((s["gbps"] for n, s in loads["loopback"].items()
+                if n.startswith("curl") and s["gbps"]), default=None)
+    for link, table in loads.items():
+        ref = table.get(REFERENCE, {}).get("gbps")
+        for name, s in table.items():
+            s["vs_" + REFERENCE] = s["gbps"] / ref if ref and s["gbps"] else None
+            if link == "loopback":
+                ceiling = best
+            else:
+                streams = _readers(s) if name == "tensorizer" else s["streams"]
+                ceiling = streams * cap_gbps if streams else None
+                if ceiling and best:
+                    ceiling = min(ceiling, best)
+            s["ceiling_gbps"] = ceiling
+            s["of_ceiling"] = s["gbps"] / ceiling if ceiling and s["gbps"] else None
+    return best
+
+
+def load_table(summaries: list[dict]) -> str:
+    f = _report._fmt
+    rows = [[s["method"], s["engine"] or "-", f(s["median_s"], ".3f"), f(s["gbps"], ".2f"),
+             f(s["vs_" + REFERENCE], ".2f"), f(s["ceiling_gbps"], ".2f"),
+             f(s["of_ceiling"] and 100 * s["of_ceiling"], ".0f"), f(s["peak_rss_mib"], ".0f"),
+             s["check"]] for s in summaries]
+    header = ["method", "engine / notes", "median s", "GB/s", f"vs {REFERENCE}", "ceiling GB/s",
+              "% of ceiling", "peak RSS MiB", "check"]
+    return _report.table(header, rows)
+
+
+def _line(target: str, ok: bool | None, detail: str) -> dict:
+    return {"target": target, "ok": ok, "detail": detail, "verdict": _report._verdict(ok)}
+
+
+def targets(loads: dict, best_curl: float | None, model_bytes: int) -> list[dict]:
+    """The issue's targets for every tensorstream method, evaluated on this run (informational)."""
+    out = []
+    ts_names = [n for n in loads["loopback"] if n.startswith("ts-")]
+    for name in ts_names:
+        s = loads["loopback"][name]
+        goal = f"{name} loopback >= {100 * TARGET_SHARE:.0f}% of the best curl"
+        out.append(_line(goal, None, "not measured") if not (s["gbps"] and best_curl) else
+                   _line(goal, s["gbps"] >= TARGET_SHARE * best_curl,
+                         f"{100 * s['of_ceiling']:.0f}% ({s['gbps']:.2f} vs {best_curl:.2f} GB/s)"))
+    capped = loads.get("capped", {})
+    tz = capped.get("tensorizer", {}).get("gbps")
+    for name in ts_names if capped else []:
+        s = capped[name]
+        goal = f"{name} capped >= {100 * TARGET_SHARE:.0f}% of min(connections x cap, curl)"
+        out.append(_line(goal, None, "not measured") if not (s["gbps"] and s["ceiling_gbps"]) else
+                   _line(goal, s["gbps"] >= TARGET_SHARE * s["ceiling_gbps"],
+                         f"{100 * s['of_ceiling']:.0f}% ({s['gbps']:.2f} vs "
+                         f"{s['ceiling_gbps']:.2f} GB/s)"))
+        goal = f"{name} capped >= {TARGET_VS_TENSORIZER}x tensorizer"
+        readers = _readers(capped.get("tensorizer", {}))
+        bound = (f"; at the cap, {s['streams']} connections against {readers} readers allow "
+                 f"{s['streams'] / readers:.0f}x at most" if readers else "")
+        out.append(_line(goal, None, "not measured") if not (s["gbps"] and tz) else
+                   _line(goal, s["gbps"] >= TARGET_VS_TENSORIZER * tz,
+                         f"{s['gbps'] / tz:.1f}x ({s['gbps']:.2f} vs {tz:.2f} GB/s){bound}"))
+    limit = model_bytes / _report.MIB + _report.RSS_ALLOWANCE_MIB
+    for name in ts_names:
+        rss = max((t[name]["peak_rss_mib"] for t in loads.values()
+                   if t.get(name, {}).get("peak_rss_mib")), default=None)
+        out.append(_line(f"{name} peak RSS <= model + {_report.RSS_ALLOWANCE_MIB} MiB",
+                         None if rss is None else rss <= limit,
+                         "not measured" if rss is None else
+                         f"{rss:.0f} MiB vs limit {limit:.0f} MiB (model "
+                         f"{model_bytes / _report.MIB:.0f} MiB)"))
+    out.append(_line("capped >= the Run:ai model streamer at its best concurrency", None,
+                     "not measured: its client reads from an S3 endpoint, and this benchmark "
+                     "serves plain HTTP only (no s3:// either)"))
+    return out
+
+
+def report(args, info, ts, saves, loads, ref, best_curl, extra) -> int:
+    results = targets(loads, best_curl, ref["model_bytes"])
+    log("")
+    titles = {"loopback": "nginx on loopback",
+              "capped": f"nginx on loopback, every response capped at {args.cap_mbps:g} MB/s"}
+    for link, table in loads.items():
+        log(f"{titles[link]} (model {ref['model_bytes'] / 1e9:.3f} GB)")
+        log(load_table(list(table.values())) + "\n")
+    if "capped" in loads:
+        log(f"capped link: a ceiling is N x {args.cap_mbps:g} MB/s for N connections, ranges or "
+            f"readers, at most the best loopback curl ({_report._fmt(best_curl, '.2f')} GB/s)\n")
+    log(_report.target_lines(results))
+    failed = [(link, s) for link, t in loads.items() for s in t.values()
+              if s["check"].startswith("FAIL")]
+    failed += [("save", s) for s in saves if s["check"].startswith("FAIL")]
+    for link, s in failed:
+        name = s.get("method") or s.get("format")
+        log(f"FAILED {link} {name}: {s.get('failures') or s['check']}")
+    if args.json:
+        model = {"bytes": ref["model_bytes"], "tensors": len(ref["tensors"]), "files": ref["files"]}
+        out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": info,
+               "tensorstream": ts, "params": vars(args), "model": model, "save": saves,
+               "load": {link: list(t.values()) for link, t in loads.items()},
+               "best_curl_gbps": best_curl, "targets": results, **extra, "ok": not failed}
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return 1 if failed else 0
+
+
+def start_nginx(args, workdir: str) -> _nginx.Nginx:
+    binary = _nginx.nginx_binary()
+    if binary is None:
+        raise SystemExit("nginx is not installed (Debian package 'nginx')")
+    if shutil.which("curl") is None:
+        raise SystemExit("curl is not installed (the ceilings and tensorizer's HTTP reads use it)")
+    server = _nginx.Nginx(binary, workdir, os.path.join(workdir, "nginx"),
+                          limit_rate=int(args.cap_mbps * 1e6) or None,
+                          workers=args.nginx_workers, access_log=False)
+    server.start()
+    return server
+
+
+def main(args) -> int:
+    workdir = os.path.abspath(args.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    size_bytes = int(args.size_gib * GIB)
+    info = _system.machine_info(workdir)
+    log(f"machine  {info['cpu']}, {info['usable_cpus']}/{info['logical_cpus']} CPUs, "
+        f"{info['memory_gib']} GiB, kernel {info['kernel']}")
+    load1 = os.getloadavg()[0]
+    log(f"loadavg  {load1:.2f} (1 minute)" +
+        ("  WARNING: the machine is busy; numbers will be noisy" if load1 > 0.5 else ""))
+    log("versions " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    log("not measured: s3:// and the Run:ai model streamer (they need an S3 endpoint)")
+    if os.environ.pop("TENSORSTREAM_HTTP_CONNECTIONS", None) is not None:
+        log("note     TENSORSTREAM_HTTP_CONNECTIONS was set; unset for the default runs")
+    ts = bench_local.probe_tensorstream()
+    if not ts["available"]:
+        log("tensorstream is not importable: " + ts["why"])
+        return 1
+    save_args = argparse.Namespace(**{**vars(args), "runs": 1})
+    saves, ref, formats = bench_local.prepare(save_args, workdir, ["tensorstream", "tensorizer"],
+                                              size_bytes)
+    if ref is None or formats != ["tensorstream", "tensorizer"]:
+        log("the model could not be saved with both libraries; stopping")
+        return 1
+    log(f"model    {len(ref['tensors'])} tensors, {ref['model_bytes'] / GIB:.3f} GiB "
+        f"({ref['model_bytes'] / 1e9:.3f} GB)")
+    identical = bench_local.compare_tensors_files(workdir, formats)
+    cache = bench_local.warm_files(workdir, formats)
+    urls = {fmt: bench_local.FILES[fmt] for fmt in formats}
+    sizes = {fmt: ref["files"][fmt]["size"] for fmt in formats}
+    server = start_nginx(args, workdir)
+    links = {"loopback": server, **({"capped": server} if args.cap_mbps else {})}
+    log(f"nginx    {server.url('')} ({args.nginx_workers} worker(s))" +
+        (f", capped at {args.cap_mbps:g} MB/s per response: {server.url('', capped=True)}"
+         if args.cap_mbps else ""))
+    try:
+        loads = load_all(args, links, urls, sizes, ref, cache["tensorstream"]["crc32"], workdir)
+    finally:
+        server.stop()
+    best_curl = add_ceilings(loads, args.cap_mbps / 1e3 if args.cap_mbps else None)
+    extra = {"tensors_files": identical, "page_cache": cache, "size_bytes": size_bytes,
+             "nginx": {"workers": args.nginx_workers, "cap_mbps": args.cap_mbps},
+             "loadavg_start": load1, "loadavg_end": os.getloadavg()[0]}
+    return report(args, info, ts, saves, loads, ref, best_curl, extra)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size-gib", type=float, default=2.0, help="model size (default 2.0)")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per method (median; default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds (default 1)")
+    p.add_argument("--connections", type=int, nargs="*", default=[4, 16, 32], metavar="N",
+                   help="tensorstream variants with TENSORSTREAM_HTTP_CONNECTIONS=N "
+                        "(default 4 16 32; none: only the default)")
+    p.add_argument("--curl-ranges", type=int, nargs="*", default=[4, 16], metavar="N",
+                   help="ceilings: N parallel curl range requests (default 4 16)")
+    p.add_argument("--cap-mbps", type=float, default=50,
+                   help="rate of the capped link per response, MB/s (default 50; 0: none)")
+    p.add_argument("--nginx-workers", type=int, default=1,
+                   help="nginx worker processes (default 1)")
+    p.add_argument("--workdir", default="bench-out-http",
+                   help="where the files go (default ./bench-out-http)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse the files of an earlier run with the same size and seed")
+    p.add_argument("--timeout", type=float, default=900, help="per-process limit in seconds")
+    p.add_argument("--json", metavar="OUT", help="write all results as JSON to OUT")
+    args = p.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0 or args.size_gib <= 0 or args.cap_mbps < 0:
+        p.error("--runs must be >= 1, --warmup >= 0, --size-gib > 0 and --cap-mbps >= 0")
+    if any(n < 1 for n in args.connections + args.curl_ranges) or args.nginx_workers < 1:
+        p.error("connection, range and worker counts must be >= 1")
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))

@@ -1,0 +1,104 @@
+"""The HTTP benchmark runs end to end at a tiny size, and its checks catch wrong data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_http.py"
+LOADERS = ["ts-http", "ts-http-c32", "tensorizer"]
+CEILINGS = {"loopback": ["curl-1", "curl-4r"], "capped": ["curl-4r"]}
+# A tiny model, one run, one connection variant, a cap high enough to finish in moments.
+SMOKE = ["--size-gib", "0.02", "--runs", "1", "--warmup", "0", "--connections", "32",
+         "--curl-ranges", "4", "--cap-mbps", "400"]
+
+pytestmark = pytest.mark.slow
+
+
+def _nginx_installed() -> bool:
+    return any(p and os.access(p, os.X_OK) for p in (shutil.which("nginx"), "/usr/sbin/nginx"))
+
+
+def _bench(workdir: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    if not _nginx_installed():
+        pytest.skip("nginx is not installed (Debian package 'nginx')")
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    out = workdir / "result.json"
+    cmd = [sys.executable, str(BENCH), "--workdir", str(workdir), "--json", str(out), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    report = json.loads(out.read_text()) if out.exists() else {}
+    return proc, report
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("bench-http")
+    proc, report = _bench(workdir, *SMOKE)
+    return workdir, proc, report
+
+
+def test_every_method_loads_correct_tensors_on_both_links(smoke):
+    _, proc, report = smoke
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert report["ok"] is True
+    assert set(report["load"]) == {"loopback", "capped"}
+    for link, summaries in report["load"].items():
+        loads = {s["method"]: s for s in summaries}
+        assert sorted(loads) == sorted(LOADERS + CEILINGS[link]), link
+        for name, s in loads.items():
+            assert s["check"] == "pass", (link, name, s)
+            assert s["median_s"] > 0 and s["gbps"] > 0, (link, name, s)
+            if name in LOADERS:
+                assert s["peak_rss_mib"] > s["bytes"] / 2**20, (link, name, s)
+        assert loads["ts-http"]["engine"] == "http, 16 connections"
+        assert loads["ts-http-c32"]["engine"] == "http, 32 connections"
+        assert loads["tensorizer"]["engine"].endswith("readers")
+    assert report["tensors_files"] == {"identical": True, "first_difference": None}
+
+
+def test_ceilings_and_targets_are_reported(smoke):
+    _, proc, report = smoke
+    capped = {s["method"]: s for s in report["load"]["capped"]}
+    best = report["best_curl_gbps"]
+    curls = [s["gbps"] for s in report["load"]["loopback"] if s["method"].startswith("curl")]
+    assert best == max(curls)
+    assert capped["curl-4r"]["ceiling_gbps"] == pytest.approx(min(4 * 0.4, best))
+    assert capped["ts-http"]["ceiling_gbps"] == pytest.approx(min(16 * 0.4, best))
+    verdicts = {t["target"]: t["verdict"] for t in report["targets"]}
+    assert verdicts["ts-http peak RSS <= model + 250 MiB"] in ("PASS", "FAIL")
+    assert verdicts["ts-http capped >= 10x tensorizer"] in ("PASS", "FAIL")
+    assert any("Run:ai" in t and v == "SKIP" for t, v in verdicts.items())
+    assert "target " in proc.stdout and "% of ceiling" in proc.stdout
+    assert "Run:ai model streamer (they need an S3 endpoint)" in proc.stdout
+
+
+def test_a_corrupted_file_fails_the_run(smoke, tmp_path):
+    workdir, proc, _ = smoke
+    assert proc.returncode == 0
+    for name in ("reference.json", "model.tensorstream.tensors", "model.tensorizer.tensors"):
+        shutil.copy(workdir / name, tmp_path / name)
+    for name in ("model.tensorstream.tensors", "model.tensorizer.tensors"):
+        victim = tmp_path / name
+        with open(victim, "r+b") as f:  # one bit of the last tensor's data
+            f.seek(os.path.getsize(victim) - 4096)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0x01]))
+    proc, report = _bench(tmp_path, "--reuse", "--size-gib", "0.02", "--runs", "1", "--warmup", "0",
+                          "--connections", "--curl-ranges", "--cap-mbps", "0")
+    assert "reusing the files" in proc.stdout
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    loads = {s["method"]: s for s in report["load"]["loopback"]}
+    assert sorted(loads) == ["curl-1", "tensorizer", "ts-http"]
+    assert loads["tensorizer"]["check"] == "FAIL" and "crc32" in loads["tensorizer"]["failures"][0]
+    assert loads["ts-http"]["check"] == "FAIL"
+    assert loads["curl-1"]["check"] == "pass"  # curl counts bytes; it cannot see a flipped bit
