@@ -36,6 +36,23 @@ double env_number(const char* name, double fallback) {
   return d;
 }
 
+// What every request of a source sets: redirects, keep-alive, timeouts and TLS settings.
+void set_common_options(CURL* e, const HttpOptions& o) {
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, nullptr);  // bytes as stored, never re-encoded
+  long timeout = std::max(1L, static_cast<long>(o.timeout_s));
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, timeout);
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);  // less than a byte a second for `timeout`: retry
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, timeout);
+  if (!o.ca_bundle.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, o.ca_bundle.c_str());
+  if (o.insecure) {
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+  }
+}
+
 // One range request: the piece it fills, what has arrived, and its attempts.
 struct Transfer {
   CURL* easy = nullptr;
@@ -250,19 +267,7 @@ class HttpEngine final : public ReadEngine {
     curl_easy_setopt(e, CURLOPT_WRITEDATA, &t);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, &t);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, nullptr);  // bytes as stored, never re-encoded
-    long timeout = std::max(1L, static_cast<long>(o.timeout_s));
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, timeout);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, timeout);
-    if (!o.ca_bundle.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, o.ca_bundle.c_str());
-    if (o.insecure) {
-      curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
-      curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
-    }
+    set_common_options(e, o);
     curl_multi_add_handle(multi, e);
   }
 
@@ -361,20 +366,10 @@ HttpSource::HttpSource(std::string url, HttpOptions opts)
     curl_easy_reset(e);
     curl_easy_setopt(e, CURLOPT_URL, url_.c_str());
     curl_easy_setopt(e, CURLOPT_RANGE, "0-0");
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, &content_range);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, body);
-    long timeout = std::max(1L, static_cast<long>(opts_.timeout_s));
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, timeout);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, timeout);
-    if (!opts_.ca_bundle.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, opts_.ca_bundle.c_str());
-    if (opts_.insecure) {
-      curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
-      curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
-    }
+    set_common_options(e, opts_);
     content_range.clear();
     rc = curl_easy_perform(e);
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
