@@ -255,13 +255,7 @@ def main(args) -> int:
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
     size_bytes = int(args.size_gib * GIB)
-    info = _system.machine_info(workdir)
-    log(f"machine  {info['cpu']}, {info['usable_cpus']}/{info['logical_cpus']} CPUs, "
-        f"{info['memory_gib']} GiB, kernel {info['kernel']}")
-    load1 = os.getloadavg()[0]
-    log(f"loadavg  {load1:.2f} (1 minute)" +
-        ("  WARNING: the machine is busy; numbers will be noisy" if load1 > 0.5 else ""))
-    log("versions " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    info = bench_local.log_machine(workdir)
     log("not measured: s3:// and the Run:ai model streamer (they need an S3 endpoint)")
     if os.environ.pop("TENSORSTREAM_HTTP_CONNECTIONS", None) is not None:
         log("note     TENSORSTREAM_HTTP_CONNECTIONS was set; unset for the default runs")
@@ -293,7 +287,7 @@ def main(args) -> int:
     best_curl = add_ceilings(loads, args.cap_mbps / 1e3 if args.cap_mbps else None)
     extra = {"tensors_files": identical, "page_cache": cache, "size_bytes": size_bytes,
              "nginx": {"workers": args.nginx_workers, "cap_mbps": args.cap_mbps},
-             "loadavg_start": load1, "loadavg_end": os.getloadavg()[0]}
+             "loadavg_start": info["loadavg_start"], "loadavg_end": os.getloadavg()[0]}
     return report(args, info, ts, saves, loads, ref, best_curl, extra)
 
 

@@ -249,10 +249,8 @@ def report(args, info: dict, ts: dict, saves: list, loads: dict, ref: dict, extr
     return 1 if failed else 0
 
 
-def main(args) -> int:
-    workdir = os.path.abspath(args.workdir)
-    os.makedirs(workdir, exist_ok=True)
-    size_bytes = int(args.size_gib * GIB)
+def log_machine(workdir: str) -> dict:
+    """Print the machine, its load and the versions; return the machine info (with the load)."""
     info = _system.machine_info(workdir)
     log(f"machine  {info['cpu']}, {info['usable_cpus']}/{info['logical_cpus']} CPUs, "
         f"{info['memory_gib']} GiB, kernel {info['kernel']}, THP {info['thp_enabled']}, "
@@ -260,8 +258,16 @@ def main(args) -> int:
     load1 = os.getloadavg()[0]
     log(f"loadavg  {load1:.2f} (1 minute)" +
         ("  WARNING: the machine is busy; numbers will be noisy" if load1 > 0.5 else ""))
-    log(f"files    {workdir} on {info['workdir_fs']}")
     log("versions " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    return {**info, "loadavg_start": load1}
+
+
+def main(args) -> int:
+    workdir = os.path.abspath(args.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    size_bytes = int(args.size_gib * GIB)
+    info = log_machine(workdir)
+    log(f"files    {workdir} on {info['workdir_fs']}")
     ts = probe_tensorstream()
     log("tensorstream " + (str(ts.get("features")) if ts["available"]
                            else "not importable: " + ts["why"]))
@@ -285,7 +291,7 @@ def main(args) -> int:
     for m in skipped:
         loads[m] = _report.summarize(m, [{"check": "skip"}], [], ref["model_bytes"])
     extra = {"tensors_files": identical, "page_cache": cache, "size_bytes": size_bytes,
-             "loadavg_start": load1, "loadavg_end": os.getloadavg()[0]}
+             "loadavg_start": info["loadavg_start"], "loadavg_end": os.getloadavg()[0]}
     return report(args, info, ts, saves, loads, ref, extra)
 
 
