@@ -6,4 +6,5 @@ namespace tsb {
 void register_errors(pybind11::module_& m);
 void register_format(pybind11::module_& m);
 void register_io(pybind11::module_& m);
+void register_net(pybind11::module_& m);  // after register_format and register_io
 }  // namespace tsb

@@ -36,7 +36,10 @@ void translate(std::exception_ptr p) {
     raise("HashMismatchError", py::make_tuple(text(e.what())), py::dict(py::arg("tensor") = optional_text(e.tensor())));
   } catch (const ts::NetworkError& e) {
     py::object status = e.status() ? py::object(py::int_(e.status())) : py::object(py::none());
-    raise("NetworkError", py::make_tuple(text(e.what())),
+    const char* cls = e.status() == 401 || e.status() == 403 ? "AuthenticationError"
+                      : e.status() == 404                     ? "NotFoundError"
+                                                              : "NetworkError";
+    raise(cls, py::make_tuple(text(e.what())),
           py::dict(py::arg("url") = text(e.url()), py::arg("status") = status, py::arg("attempts") = e.attempts()));
   } catch (const ts::KeyRequiredError& e) {
     raise("KeyRequiredError", py::make_tuple(text(e.what())), py::dict());

@@ -6,9 +6,6 @@
 #include "tensorstream/errors.hpp"
 #include "tensorstream/format/tensorizer.hpp"
 #include "tensorstream/io/source.hpp"
-#ifdef TENSORSTREAM_WITH_CURL
-#include "tensorstream/net/http.hpp"
-#endif
 
 namespace py = pybind11;
 
@@ -55,15 +52,6 @@ void register_format(py::module_& m) {
       .def_static("from_fd", &ts::FileSource::from_fd, py::arg("fd"));
   py::class_<ts::MemorySource, ts::Source, std::shared_ptr<ts::MemorySource>>(m, "MemorySource")
       .def(py::init(&memory_source), py::arg("buffer"));
-#ifdef TENSORSTREAM_WITH_CURL
-  py::class_<ts::HttpSource, ts::Source, std::shared_ptr<ts::HttpSource>>(m, "HttpSource")
-      .def(py::init([](std::string url) {
-             auto opts = ts::HttpOptions::from_env();
-             py::gil_scoped_release nogil;
-             return std::make_shared<ts::HttpSource>(std::move(url), opts);
-           }),
-           py::arg("url"));
-#endif
 
   py::class_<ts::tz::IndexEntry>(m, "Entry")
       .def_property_readonly("name", [](const ts::tz::IndexEntry& e) { return py::bytes(e.name); })

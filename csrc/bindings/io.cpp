@@ -84,7 +84,10 @@ void register_io(py::module_& m) {
             self.write(recs);
           },
           py::arg("records"))
-      .def("close", &ts::Writer::close)
+      .def("close", &ts::Writer::close, py::call_guard<py::gil_scoped_release>(),
+           "Finish the file: for a streamed writer, send the prologue and complete the object.")
+      .def("abort", &ts::Writer::abort, py::call_guard<py::gil_scoped_release>(),
+           "Abandon a streamed object (nothing is left behind); no effect on file writers.")
       .def_property_readonly("tensor_count", &ts::Writer::tensor_count)
       .def_property_readonly("tensor_size", &ts::Writer::tensor_size)
       .def_property_readonly("end_offset", &ts::Writer::end_offset)

@@ -36,11 +36,42 @@ Writer::Writer(int fd, unsigned threads)
   header_.metadata_len = tz::kWriterMetadataLen;
 }
 
+Writer::Writer(std::unique_ptr<StreamSink> sink, unsigned threads)
+    : sink_(std::move(sink)),
+      threads_(threads ? threads : default_threads()),
+      next_(tz::kFileHeaderSize + tz::kWriterMetadataLen) {
+  if (!sink_) throw std::invalid_argument("no sink to write to");
+  header_.version = 1;
+  header_.metadata_len = tz::kWriterMetadataLen;
+}
+
 Writer::~Writer() {
   if (fd_ >= 0) ::close(fd_);
+  abort();
+}
+
+void Writer::abort() noexcept {
+  if (!sink_) return;
+  sink_->abort();
+  sink_.reset();
+  aborted_ = true;
 }
 
 void Writer::close() {
+  if (aborted_) throw std::runtime_error("the upload was abandoned after an error: nothing was stored");
+  if (sink_) {
+    try {
+      const uint64_t zero = 0;  // the terminator after the last record
+      sink_->append(reinterpret_cast<const uint8_t*>(&zero), sizeof zero);
+      std::vector<uint8_t> head = prologue();
+      sink_->finish(head.data(), head.size());
+    } catch (...) {
+      abort();
+      throw;
+    }
+    sink_.reset();
+    return;
+  }
   if (fd_ < 0) return;
   int fd = fd_;
   fd_ = -1;
@@ -63,7 +94,8 @@ void Writer::pwrite_all(const void* data, size_t n, uint64_t offset) const {
 }
 
 void Writer::write(const std::vector<WriteRecord>& records) {
-  if (fd_ < 0) throw std::runtime_error("writer is closed");
+  if (aborted_) throw std::runtime_error("the upload was abandoned after an error: nothing was stored");
+  if (fd_ < 0 && !sink_) throw std::runtime_error("writer is closed");
   // Lay out every record and its index entry first; refuse before writing if the index overflows.
   std::vector<tz::IndexEntry> added;
   std::vector<tz::BuiltHeader> headers;
@@ -97,7 +129,29 @@ void Writer::write(const std::vector<WriteRecord>& records) {
     throw std::length_error("too many tensors: the index would exceed its " +
                             std::to_string(tz::kWriterMetadataLen) + " bytes");
 
-  // Hash and write the records in parallel; large records first so the threads finish together.
+  if (sink_) {
+    try {
+      hash_then_stream(records, added, headers);
+    } catch (...) {
+      abort();  // a streamed object cannot be patched later: nothing half-written is kept
+      throw;
+    }
+  } else {
+    hash_and_write(records, added, headers);
+  }
+
+  entries_ = std::move(all);
+  header_.version = version;
+  versioned_ = versioned;
+  header_.tensor_size += data_bytes;
+  header_.tensor_count = entries_.size();
+  next_ = pos;
+  if (!sink_) commit_prologue();
+}
+
+void Writer::hash_and_write(const std::vector<WriteRecord>& records, const std::vector<tz::IndexEntry>& added,
+                            std::vector<tz::BuiltHeader>& headers) {
+  // Hashed and written in parallel; large records first so the threads finish together.
   std::vector<size_t> order(records.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
@@ -137,26 +191,56 @@ void Writer::write(const std::vector<WriteRecord>& records) {
   for (auto& t : pool) t.join();
   if (error) std::rethrow_exception(error);
 
-  entries_ = std::move(all);
-  header_.version = version;
-  versioned_ = versioned;
-  header_.tensor_size += data_bytes;
-  header_.tensor_count = entries_.size();
-  next_ = pos;
-  commit_prologue();
+}
+
+// Hashes every record in parallel, then hands headers and data to the sink in file order.
+void Writer::hash_then_stream(const std::vector<WriteRecord>& records, const std::vector<tz::IndexEntry>& added,
+                              std::vector<tz::BuiltHeader>& headers) {
+  std::atomic<size_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mu;
+  auto worker = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < records.size();) {
+      try {
+        TensorHasher h;
+        h.update(headers[i].bytes.data(), headers[i].bytes.size());
+        if (added[i].data_length) h.update(records[i].data, added[i].data_length);
+        auto sha = h.sha256();
+        tz::set_header_hashes(headers[i], h.crc32(), sha.data());
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mu);
+        if (!error) error = std::current_exception();
+        next = records.size();
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  size_t n = std::min<size_t>(threads_, records.size());
+  for (size_t t = 1; t < n; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
+  for (size_t i = 0; i < records.size(); ++i) {
+    sink_->append(headers[i].bytes.data(), headers[i].bytes.size());
+    if (added[i].data_length) sink_->append(records[i].data, added[i].data_length);
+  }
 }
 
 void Writer::commit_prologue() {
   const uint64_t zero = 0;
   pwrite_all(&zero, sizeof zero, next_);  // terminator; the next record overwrites it
+  std::vector<uint8_t> head = prologue();
+  pwrite_all(head.data(), head.size(), 0);
+}
+
+// The file header followed by the index, padded to the space reserved for it.
+std::vector<uint8_t> Writer::prologue() {
   if (versioned_) header_.feature_flags |= tz::kFlagVersionedHeaders;
-  std::vector<uint8_t> index;
-  index.reserve(tz::kWriterMetadataLen);
-  for (const auto& e : entries_) tz::append_index_entry(index, e, versioned_);
-  index.resize(tz::kWriterMetadataLen, 0);
-  pwrite_all(index.data(), index.size(), tz::kFileHeaderSize);
-  auto fh = tz::build_file_header(header_);
-  pwrite_all(fh.data(), fh.size(), 0);
+  std::vector<uint8_t> out = tz::build_file_header(header_);
+  out.resize(tz::kFileHeaderSize, 0);
+  for (const auto& e : entries_) tz::append_index_entry(out, e, versioned_);
+  out.resize(tz::kFileHeaderSize + tz::kWriterMetadataLen, 0);
+  return out;
 }
 
 }  // namespace ts

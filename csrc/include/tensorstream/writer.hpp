@@ -2,6 +2,7 @@
 // from the caller's memory; after each batch the terminator, index and file header are rewritten.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -14,15 +15,28 @@ struct WriteRecord {
   const uint8_t* data = nullptr;  // spec.data_length bytes, contiguous host memory
 };
 
+// Where a file goes when it cannot be written out of order (an object store): the bytes after the
+// prologue (file header and index) in file order, then the prologue, once, at the end.
+class StreamSink {
+ public:
+  virtual ~StreamSink() = default;
+  virtual void append(const uint8_t* data, size_t n) = 0;
+  virtual void finish(const uint8_t* prologue, size_t n) = 0;
+  virtual void abort() noexcept = 0;  // drop what was sent; no object is left behind
+};
+
 class Writer {
  public:
   explicit Writer(int fd, unsigned threads = 0);  // duplicates fd
+  // Streams into `sink`; the prologue is only final at close(), when it is handed over.
+  explicit Writer(std::unique_ptr<StreamSink> sink, unsigned threads = 0);
   ~Writer();
   Writer(const Writer&) = delete;
   Writer& operator=(const Writer&) = delete;
 
   void write(const std::vector<WriteRecord>& records);
   void close();
+  void abort() noexcept;  // streamed writers: abandon the object (also done when destroyed unclosed)
 
   uint64_t tensor_count() const { return entries_.size(); }
   uint64_t tensor_size() const { return header_.tensor_size; }
@@ -32,13 +46,20 @@ class Writer {
  private:
   void pwrite_all(const void* data, size_t n, uint64_t offset) const;
   void commit_prologue();
+  std::vector<uint8_t> prologue();
+  void hash_and_write(const std::vector<WriteRecord>& records, const std::vector<tz::IndexEntry>& added,
+                      std::vector<tz::BuiltHeader>& headers);
+  void hash_then_stream(const std::vector<WriteRecord>& records, const std::vector<tz::IndexEntry>& added,
+                        std::vector<tz::BuiltHeader>& headers);
 
   int fd_ = -1;
+  std::unique_ptr<StreamSink> sink_;
   unsigned threads_;
   tz::FileHeader header_;
   std::vector<tz::IndexEntry> entries_;
   uint64_t next_;
   bool versioned_ = false;
+  bool aborted_ = false;
 };
 
 }  // namespace ts

@@ -47,15 +47,55 @@ void set_common_options(CURL* e, const HttpOptions& o) {
   curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);  // less than a byte a second for `timeout`: retry
   curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, timeout);
   if (!o.ca_bundle.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, o.ca_bundle.c_str());
+  if (!o.ca_path.empty()) curl_easy_setopt(e, CURLOPT_CAPATH, o.ca_path.c_str());
   if (o.insecure) {
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
   }
 }
 
+}  // namespace
+
+curl_slist* signed_headers(const HttpOptions& o, const char* method, const std::string& url,
+                           const std::string& payload_sha256_hex, curl_slist* list) {
+  if (!o.signer) return list;
+  for (const auto& [name, value] : o.signer->sign(method, url, {}, payload_sha256_hex, std::time(nullptr))) {
+    std::string line = name + ": " + value;
+    curl_slist* grown = curl_slist_append(list, line.c_str());
+    if (!grown) {
+      curl_slist_free_all(list);
+      throw std::bad_alloc();
+    }
+    list = grown;
+  }
+  return list;
+}
+
+std::string describe_error_body(const std::string& body) {
+  auto element = [&](const char* tag) -> std::string {
+    const std::string open = std::string("<") + tag + ">", close = std::string("</") + tag + ">";
+    size_t a = body.find(open);
+    if (a == std::string::npos) return {};
+    a += open.size();
+    size_t b = body.find(close, a);
+    if (b == std::string::npos) return {};
+    std::string v = body.substr(a, std::min<size_t>(b - a, 300));
+    for (char& c : v)
+      if (static_cast<unsigned char>(c) < 0x20) c = ' ';
+    return v;
+  };
+  std::string code = element("Code"), message = element("Message");
+  if (code.empty()) return {};
+  return message.empty() ? code : code + ": " + message;
+}
+
+namespace {
+
 // One range request: the piece it fills, what has arrived, and its attempts.
 struct Transfer {
   CURL* easy = nullptr;
+  curl_slist* headers = nullptr;  // belongs to the slot, like `easy`
+  std::string error_body;         // the start of an error reply (S3 puts its error code there)
   size_t piece = 0;
   uint64_t offset = 0, length = 0;  // the whole piece
   uint8_t* dst = nullptr;
@@ -86,7 +126,11 @@ size_t on_body(char* data, size_t size, size_t n, void* user) {
   size_t len = size * n;
   long status = 0;
   curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
-  if (status != 206 || t->bad_range) return status == 200 ? 0 : len;  // error bodies are dropped
+  if (status >= 400) {  // keep the start of an error body for the message
+    t->error_body.append(data, std::min(len, 4096 - std::min<size_t>(4096, t->error_body.size())));
+    return len;
+  }
+  if (status != 206 || t->bad_range) return status == 200 ? 0 : len;  // other bodies are dropped
   uint64_t room = t->length - t->got;
   if (len > room) {
     t->overflow = true;
@@ -152,7 +196,10 @@ class HttpEngine final : public ReadEngine {
       }
     }
     ~Lane() {
-      for (auto& t : slots) curl_easy_cleanup(t.easy);
+      for (auto& t : slots) {
+        curl_easy_cleanup(t.easy);
+        curl_slist_free_all(t.headers);
+      }
     }
     Lane(const Lane&) = delete;
     Lane& operator=(const Lane&) = delete;
@@ -195,14 +242,10 @@ class HttpEngine final : public ReadEngine {
         while (!idle.empty()) {
           Transfer* t = idle.back();
           if (!retries.empty() && retries.front().at <= Clock::now()) {
-            CURL* easy = t->easy;
-            *t = retries.front().state;
-            t->easy = easy;
+            reuse_slot(*t, retries.front().state);
             retries.pop_front();
           } else if (size_t i; !sh.failed && (i = sh.next.fetch_add(1)) < pieces.size()) {
-            CURL* easy = t->easy;
-            *t = Transfer{};
-            t->easy = easy;
+            reuse_slot(*t, Transfer{});
             t->piece = i;
             t->offset = pieces[i].offset;
             t->length = pieces[i].length;
@@ -251,12 +294,25 @@ class HttpEngine final : public ReadEngine {
 
 
 
+  // A slot takes over a transfer's state and keeps its own curl handle and header list.
+  static void reuse_slot(Transfer& slot, const Transfer& state) {
+    CURL* easy = slot.easy;
+    curl_slist* headers = slot.headers;
+    slot = state;
+    slot.easy = easy;
+    slot.headers = headers;
+  }
+
   void start(CURLM* multi, Transfer& t) {
     const HttpOptions& o = src_.options();
     CURL* e = t.easy;
     curl_easy_reset(e);
     t.want_from = t.offset + t.got;
     t.bad_range = t.overflow = false;
+    t.error_body.clear();
+    curl_slist_free_all(t.headers);
+    t.headers = signed_headers(o, "GET", src_.url(), SigV4Signer::kUnsignedPayload, nullptr);
+    if (t.headers) curl_easy_setopt(e, CURLOPT_HTTPHEADER, t.headers);
     ++t.attempts;
     std::snprintf(t.range, sizeof t.range, "%llu-%llu", static_cast<unsigned long long>(t.want_from),
                   static_cast<unsigned long long>(t.offset + t.length - 1));
@@ -293,8 +349,10 @@ class HttpEngine final : public ReadEngine {
     } else if (rc != CURLE_OK && status != 206) {
       why = std::string(curl_easy_strerror(rc)) + (status ? " (HTTP " + std::to_string(status) + ")" : "");
     } else if (status >= 400) {
-      why = "HTTP " + std::to_string(status);
-      retryable = status == 408 || status == 429 || status >= 500;
+      const std::string detail = describe_error_body(t.error_body);
+      why = "HTTP " + std::to_string(status) + (detail.empty() ? "" : " (" + detail + ")");
+      retryable = status == 408 || status == 429 || status >= 500 ||
+                  detail.rfind("RequestTimeout", 0) == 0;  // S3's "reset, try again"
     } else if (rc != CURLE_OK) {
       why = curl_easy_strerror(rc);
     } else {
@@ -341,56 +399,77 @@ std::string redact_url(const std::string& url) {
 }
 
 HttpSource::HttpSource(std::string url, HttpOptions opts)
-    : url_(std::move(url)), display_(redact_url(url_)), opts_(std::move(opts)) {
+    : url_(std::move(url)), display_(opts.display.empty() ? redact_url(url_) : opts.display), opts_(std::move(opts)) {
   global_init();
   // Ask for the first byte: a 206 carries the total size in Content-Range.
   CURL* e = curl_easy_init();
   if (!e) throw std::runtime_error("curl_easy_init failed");
-  std::string content_range;
+  struct Probe {
+    CURL* easy;
+    std::string content_range, error_body;
+  } probe{e, {}, {}};
   // Stops at the end of a 206's headers: the size is known and the body is not needed (a server
   // that stalls after its headers then costs nothing here).
   auto header = +[](char* data, size_t size, size_t n, void* user) -> size_t {
     size_t len = size * n;
-    auto* range = static_cast<std::string*>(user);
+    auto* p = static_cast<Probe*>(user);
     static const char kName[] = "content-range:";
     if (len > sizeof kName && strncasecmp(data, kName, sizeof kName - 1) == 0)
-      range->assign(data + sizeof kName - 1, len - (sizeof kName - 1));
+      p->content_range.assign(data + sizeof kName - 1, len - (sizeof kName - 1));
     bool end_of_headers = len <= 2 && (len == 0 || data[0] == '\r' || data[0] == '\n');
-    return end_of_headers && !range->empty() ? 0 : len;
+    return end_of_headers && !p->content_range.empty() ? 0 : len;
   };
-  auto body = +[](char*, size_t size, size_t n, void*) -> size_t { return size * n <= 1 ? size * n : 0; };
+  auto body = +[](char* data, size_t size, size_t n, void* user) -> size_t {
+    size_t len = size * n;
+    auto* p = static_cast<Probe*>(user);
+    long code = 0;
+    curl_easy_getinfo(p->easy, CURLINFO_RESPONSE_CODE, &code);
+    if (code < 400) return len <= 1 ? len : 0;
+    p->error_body.append(data, std::min(len, 4096 - std::min<size_t>(4096, p->error_body.size())));
+    return len;
+  };
   long status = 0;
   CURLcode rc = CURLE_OK;
   unsigned attempts = 0;
+  curl_slist* headers = nullptr;
   for (; attempts <= opts_.retries; ++attempts) {
     curl_easy_reset(e);
     curl_easy_setopt(e, CURLOPT_URL, url_.c_str());
     curl_easy_setopt(e, CURLOPT_RANGE, "0-0");
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, &content_range);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, &probe);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, &probe);
+    curl_slist_free_all(headers);
+    headers = signed_headers(opts_, "GET", url_, SigV4Signer::kUnsignedPayload, nullptr);
+    if (headers) curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
     set_common_options(e, opts_);
-    content_range.clear();
+    probe.content_range.clear();
+    probe.error_body.clear();
     rc = curl_easy_perform(e);
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
-    if (rc == CURLE_WRITE_ERROR && status == 206 && !content_range.empty()) rc = CURLE_OK;  // stopped on purpose
+    if (rc == CURLE_WRITE_ERROR && status == 206 && !probe.content_range.empty()) rc = CURLE_OK;  // stopped on purpose
     bool transient = (rc != CURLE_OK && status == 0) || status == 408 || status == 429 || status >= 500;
     if (!transient) break;
     double delay = 0.05 * static_cast<double>(1u << std::min(attempts, 7u));
     std::this_thread::sleep_for(std::chrono::duration<double>(std::min(delay, 2.0)));
   }
   curl_easy_cleanup(e);
+  curl_slist_free_all(headers);
   attempts = std::min(attempts + 1, opts_.retries + 1);
   const std::string where = "GET " + display_;
   if (status == 200)
     throw NetworkError(where + ": the server ignores Range requests (answered 200 to a range request)",
                        display_, status, attempts);
   if (status != 206) {
-    std::string why = status ? "HTTP " + std::to_string(status) : std::string(curl_easy_strerror(rc));
+    const std::string detail = describe_error_body(probe.error_body);
+    std::string why = status ? "HTTP " + std::to_string(status) + (detail.empty() ? "" : " (" + detail + ")")
+                             : std::string(curl_easy_strerror(rc));
     throw NetworkError(where + ": " + why + " after " + std::to_string(attempts) + " attempt" +
                            (attempts == 1 ? "" : "s"),
                        display_, status, attempts);
   }
+  const std::string& content_range = probe.content_range;
   size_t slash = content_range.find('/');
   unsigned long long total = 0;
   if (slash == std::string::npos || std::sscanf(content_range.c_str() + slash + 1, "%llu", &total) != 1)

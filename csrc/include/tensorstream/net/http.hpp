@@ -7,6 +7,9 @@
 
 #include "tensorstream/io/engine.hpp"
 #include "tensorstream/io/source.hpp"
+#include "tensorstream/net/sigv4.hpp"
+
+struct curl_slist;
 
 namespace ts {
 
@@ -16,7 +19,10 @@ struct HttpOptions {
   double timeout_s = 30;      // seconds without progress before a request is retried
   double deadline_s = 0;      // overall seconds for one run; 0: none
   std::string ca_bundle;      // PEM file of trusted CAs; empty: the system store
+  std::string ca_path;        // directory of trusted CA certificates; empty: the system store
   bool insecure = false;      // skip certificate checks (testing only)
+  std::shared_ptr<const SigV4Signer> signer;  // signs every request (S3); null: unsigned
+  std::string display;        // how messages name the resource (e.g. s3://bucket/key); empty: the URL
   // Fills unset fields from TENSORSTREAM_HTTP_* environment variables.
   static HttpOptions from_env();
 };
@@ -41,5 +47,12 @@ std::unique_ptr<ReadEngine> make_http_engine(const HttpSource& src, size_t chunk
 
 // The URL without user info and query string, for messages.
 std::string redact_url(const std::string& url);
+
+// "Code: Message" from an S3-style XML error body; empty when it has none.
+std::string describe_error_body(const std::string& body);
+
+// Appends the signer's headers for one request to `list` (unchanged without a signer).
+curl_slist* signed_headers(const HttpOptions& o, const char* method, const std::string& url,
+                           const std::string& payload_sha256_hex, curl_slist* list);
 
 }  // namespace ts
