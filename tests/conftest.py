@@ -1,4 +1,5 @@
-"""Shared fixtures: the file engine under test (io_uring and the pread fallback)."""
+"""Shared fixtures: the file engine under test (io_uring and the pread fallback), nginx and the moto S3
+server."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import pytest
 
 import tensorstream
 from tensorstream import _core
+from _http_servers import Nginx, nginx_binary
+from _s3_server import moto_s3, moto_s3_anonymous  # noqa: E402,F401 - session fixtures
 
 # Engine name as reported by TensorDeserializer.io_backend -> value of TENSORSTREAM_IO_BACKEND.
 ENGINES = {"io_uring": "uring", "posix": "posix"}
@@ -50,3 +53,16 @@ def open_file(check_engine):
 def pytest_configure(config):
     # torch warns whenever a complex32 tensor is made; the tests make them on purpose.
     config.addinivalue_line("filterwarnings", "ignore:ComplexHalf support is experimental")
+
+
+@pytest.fixture(scope="session")
+def nginx(tmp_path_factory):
+    """A real nginx serving a temporary folder on a free loopback port (``nginx.root``)."""
+    binary = nginx_binary()
+    if binary is None:
+        pytest.skip("nginx is not installed (Debian package 'nginx')")
+    base = tmp_path_factory.mktemp("nginx")
+    server = Nginx(binary, base / "www", base / "work")
+    server.start()
+    yield server
+    server.stop()

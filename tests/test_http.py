@@ -10,7 +10,7 @@ import tensorizer
 import torch
 
 import tensorstream
-from _http_servers import FaultServer, Nginx, free_port, nginx_binary
+from _http_servers import FaultServer, free_port
 from _tensors import assert_same, random_tensor, raw_bytes
 from tensorstream import TensorDeserializer, TensorSerializer, _core
 
@@ -24,18 +24,6 @@ def _http_settings(monkeypatch):
     monkeypatch.setenv("TENSORSTREAM_HTTP_DEADLINE", "20")
     for name in ("TENSORSTREAM_HTTP_CONNECTIONS", "TENSORSTREAM_HTTP_RETRIES"):
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(scope="session")
-def nginx(tmp_path_factory):
-    binary = nginx_binary()
-    if binary is None:
-        pytest.skip("nginx is not installed (Debian package 'nginx')")
-    base = tmp_path_factory.mktemp("nginx")
-    server = Nginx(binary, base / "www", base / "work")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -222,18 +210,20 @@ def test_nginx_corrupted_data_fails_hash(served_model, nginx):
 
 def test_nginx_missing_file(nginx):
     url = nginx.url("no-such.tensors")
-    with pytest.raises(tensorstream.NetworkError) as err:
+    with pytest.raises(tensorstream.NotFoundError) as err:
         TensorDeserializer(url)
     _check_error(err, url, 404, attempts=1)
+    assert isinstance(err.value, FileNotFoundError)
 
 
-def test_network_error_type_and_unsupported_schemes(tmp_path):
+def test_network_error_types_and_read_only_http(tmp_path):
     assert issubclass(tensorstream.NetworkError, tensorstream.TensorstreamError)
     assert issubclass(tensorstream.NetworkError, OSError)
-    with pytest.raises(NotImplementedError, match="s3"):
-        TensorDeserializer("s3://bucket/model.tensors")
-    with pytest.raises(NotImplementedError):
+    assert issubclass(tensorstream.AuthenticationError, (tensorstream.NetworkError, PermissionError))
+    assert issubclass(tensorstream.NotFoundError, (tensorstream.NetworkError, FileNotFoundError))
+    with pytest.raises(ValueError, match="read-only"):
         TensorSerializer("http://127.0.0.1:9/model.tensors")
+    assert not list(tmp_path.iterdir())
 
 
 # --------------------------------------------------------------------------- fault injection
@@ -463,7 +453,5 @@ def test_open_stream_refusals(served_model):
     _, url, _ = served_model
     with pytest.raises(ValueError, match="read-only"):
         stream_io.open_stream(url, "wb")
-    with pytest.raises(NotImplementedError, match="s3"):
-        stream_io.open_stream("s3://bucket/key")
     with stream_io.open_stream(url, begin=8) as part, pytest.raises(ValueError, match="start"):
         tensorstream.TensorDeserializer(part)

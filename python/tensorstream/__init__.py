@@ -16,11 +16,13 @@ from . import stream_io, utils
 from ._device import DeviceLike
 from ._native import core_features as _core_features
 from .errors import (
+    AuthenticationError,
     CryptographyError,
     FormatError,
     HashMismatchError,
     KeyRequiredError,
     NetworkError,
+    NotFoundError,
     TensorstreamError,
 )
 from .serialization import TensorDeserializer, TensorSerializer, TensorType
@@ -40,6 +42,8 @@ __all__ = [
     "CryptographyError",
     "KeyRequiredError",
     "NetworkError",
+    "AuthenticationError",
+    "NotFoundError",
     "save",
     "load",
     "load_module",

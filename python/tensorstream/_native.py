@@ -18,6 +18,9 @@ FileSource = _core.FileSource
 MemorySource = _core.MemorySource
 # None when the core was built without libcurl.
 HttpSource = getattr(_core, "HttpSource", None)
+SigV4Signer = getattr(_core, "SigV4Signer", None)
+MultipartUpload = getattr(_core, "MultipartUpload", None)
+multipart_writer = getattr(_core, "multipart_writer", None)
 Loader = _core.Loader
 Writer = _core.Writer
 read_index = _core.read_index
@@ -27,6 +30,9 @@ __all__ = [
     "FileSource",
     "MemorySource",
     "HttpSource",
+    "SigV4Signer",
+    "MultipartUpload",
+    "multipart_writer",
     "Loader",
     "Writer",
     "read_index",

@@ -1,8 +1,10 @@
 """Where bytes come from (reading) and go to (writing).
 
-Reading: a path, an open file (through its descriptor), or bytes in memory. Writing: a path
-(opened read/write, truncated), an open file's descriptor, or, for objects without one
-(``io.BytesIO``), a temporary file copied into the object on close.
+Reading: a path, an ``http(s)://`` URL, an ``s3://`` URI, an open file (through its descriptor),
+a stream from :func:`tensorstream.stream_io.open_stream`, or bytes in memory. Writing: a path
+(opened read/write, truncated), an ``s3://`` URI or S3 stream (a multipart upload, streamed), an
+open file's descriptor, or, for objects without one (``io.BytesIO``), a temporary file copied
+into the object on close.
 """
 
 from __future__ import annotations
@@ -13,19 +15,16 @@ import shutil
 import tempfile
 from typing import Any
 
-from . import _native, stream_io
+from . import _native, _s3, stream_io
 
 MAGIC = b"|TZR|"
-_REMOTE_PREFIXES = ("http://", "https://", "s3://")
 _HTTP_PREFIXES = ("http://", "https://")
+_S3_PREFIX = "s3://"
 
 
-def _refuse_remote(path: str) -> None:
-    if path.lower().startswith(_REMOTE_PREFIXES):
-        raise NotImplementedError(
-            f"remote files ({path.split('://', 1)[0]}://) are not supported yet; "
-            "download the file and pass a local path"
-        )
+def _need_network() -> None:
+    if _native.HttpSource is None:
+        raise NotImplementedError("this build of tensorstream has no HTTP(S)/S3 support (built without libcurl)")
 
 
 def _fileno(obj: Any) -> int | None:
@@ -52,16 +51,22 @@ def open_source(obj: Any) -> Any:
         return _native.MemorySource(obj)
     if isinstance(obj, (str, bytes, os.PathLike)):
         path = os.fsdecode(obj)
-        if path.lower().startswith(_HTTP_PREFIXES) and _native.HttpSource is not None:
+        lower = path.lower()
+        if lower.startswith(_HTTP_PREFIXES):
+            _need_network()
             return _native.HttpSource(path)
-        _refuse_remote(path)
+        if lower.startswith(_S3_PREFIX):
+            _need_network()
+            return _native.HttpSource(**_s3_source_args(_s3.resolve(path)))
         return _native.FileSource(path)
     if isinstance(obj, int) and not isinstance(obj, bool):
         return _native.FileSource.from_fd(obj)
     if isinstance(obj, stream_io.HttpStreamFile):
         if obj.begin != 0 or obj.tell() != 0:
-            raise ValueError("tensors are read from the start of an http stream: open it without begin, seek(0)")
+            raise ValueError("tensors are read from the start of a remote stream: open it without begin, seek(0)")
         return obj.source
+    if isinstance(obj, stream_io.S3WriteStream):
+        raise ValueError(f"{obj.name} was opened for writing; open it with mode 'rb' to read it")
     fd = _fileno(obj)
     if fd is not None:
         return _native.FileSource.from_fd(fd)
@@ -72,19 +77,48 @@ def open_source(obj: Any) -> Any:
     raise TypeError(f"cannot read tensors from a {type(obj).__name__}")
 
 
+def _s3_source_args(loc: _s3.S3Location) -> dict[str, Any]:
+    return {"url": loc.url, **loc.http_kwargs()}
+
+
 class WriteTarget:
-    """A descriptor to write a file into, and what to do with it when done."""
+    """Where a file is written (a descriptor, or an S3 object), and what to do with it when done."""
 
     def __init__(self, obj: Any) -> None:
         self._obj = obj
         self._owned = False  # we opened fd and must close it
         self._spool: Any | None = None  # temporary file for objects without a descriptor
+        self.s3: _s3.S3Location | None = None  # set for S3 objects (streamed, no descriptor)
         self.fd = self._open(obj)
 
+    @property
+    def streamed(self) -> bool:
+        """True when the file is sent in order and cannot be patched afterwards (S3)."""
+        return self.s3 is not None
+
+    def make_writer(self, threads: int) -> Any:
+        """The core writer for this target."""
+        if self.s3 is None:
+            return _native.Writer(self.fd, threads=threads)
+        return _native.multipart_writer(
+            **_s3_source_args(self.s3), part_bytes=_s3.part_bytes(), parallel=_s3.upload_concurrency(), threads=threads
+        )
+
     def _open(self, obj: Any) -> int:
+        if isinstance(obj, stream_io.S3WriteStream):
+            self.s3 = obj.claim()
+            return -1
+        if isinstance(obj, stream_io.HttpStreamFile):
+            raise ValueError(f"{obj.name} is open for reading only; open an s3:// URI with mode 'wb' to write it")
         if isinstance(obj, (str, bytes, os.PathLike)):
             path = os.fsdecode(obj)
-            _refuse_remote(path)
+            lower = path.lower()
+            if lower.startswith(_S3_PREFIX):
+                _need_network()
+                self.s3 = _s3.resolve(path)
+                return -1
+            if lower.startswith(_HTTP_PREFIXES):
+                raise ValueError(f"cannot write to {path.split('?')[0]}: http(s):// URLs are read-only (use s3://)")
             self._owned = True
             return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         if isinstance(obj, int) and not isinstance(obj, bool):
@@ -103,7 +137,7 @@ class WriteTarget:
 
     def finish(self) -> None:
         """Hand the written bytes over (copy / reposition) and release what we opened."""
-        if self.fd < 0:
+        if self.fd < 0:  # closed already, or an S3 object (complete once the writer is closed)
             return
         if self._owned:
             os.close(self.fd)

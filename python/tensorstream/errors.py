@@ -13,6 +13,8 @@ __all__ = [
     "CryptographyError",
     "KeyRequiredError",
     "NetworkError",
+    "AuthenticationError",
+    "NotFoundError",
 ]
 
 
@@ -73,3 +75,14 @@ class NetworkError(TensorstreamError, OSError):
 
     def __reduce__(self):
         return (type(self), (str(self), self.url, self.status, self.attempts))
+
+
+class AuthenticationError(NetworkError, PermissionError):
+    """The server refused the credentials (HTTP 401 or 403): a wrong or expired key, a missing
+    session token, or no permission for the object. Also a :class:`PermissionError`."""
+
+
+class NotFoundError(NetworkError, FileNotFoundError):
+    """The URL or S3 object does not exist (HTTP 404: no such key or bucket). Also a
+    :class:`FileNotFoundError`."""
+

@@ -64,7 +64,12 @@ class TensorSerializer:
             raise NotImplementedError(_ENCRYPTION_LATER)
         self._target: _sources.WriteTarget | None = None
         self._target = _sources.WriteTarget(path_or_file)
-        self._writer = _native.Writer(self._target.fd, threads=limit_cpu_concurrency or 0)
+        try:
+            self._writer = self._target.make_writer(limit_cpu_concurrency or 0)
+        except BaseException:
+            self._target.abandon()
+            self._target = None
+            raise
         self._names = _names.Registry()
 
     @property
@@ -112,13 +117,23 @@ class TensorSerializer:
     def __enter__(self) -> TensorSerializer:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
+        if exc_type is not None and self._target is not None and self._target.streamed:
+            self._abandon()  # an object store keeps nothing half-written
+            return
         self.close()
 
     def __del__(self) -> None:
-        target = getattr(self, "_target", None)
-        if target is not None:
-            target.abandon()
+        self._abandon()
+
+    def _abandon(self) -> None:
+        target, self._target = getattr(self, "_target", None), None
+        if target is None:
+            return
+        writer = getattr(self, "_writer", None)
+        if writer is not None and target.streamed:
+            writer.abort()
+        target.abandon()
 
     # Internals -----------------------------------------------------------------------------
 
