@@ -1,4 +1,4 @@
-"""Type stubs for the compiled core (csrc/bindings). tests/test_api.py checks they stay in step."""
+"""Type stubs for the compiled core (csrc/bindings). tests/test_core_stubs.py checks they stay in step."""
 
 from typing import Any
 
@@ -18,7 +18,67 @@ class MemorySource(Source):
     def __init__(self, buffer: Any) -> None: ...
 
 class HttpSource(Source):
-    def __init__(self, url: str) -> None: ...
+    def __init__(
+        self,
+        url: str,
+        *,
+        signer: SigV4Signer | None = None,
+        display: str = "",
+        ca_bundle: str = "",
+        ca_path: str = "",
+        insecure: bool = False,
+    ) -> None: ...
+
+class SigV4Signer:
+    def __init__(
+        self,
+        access_key_id: str,
+        secret_access_key: str,
+        session_token: str = "",
+        region: str = "us-east-1",
+        service: str = "s3",
+    ) -> None: ...
+    @property
+    def access_key_id(self) -> str: ...
+    @property
+    def region(self) -> str: ...
+    def sign(
+        self, method: str, url: str, headers: list[tuple[str, str]], payload_sha256_hex: str, when: int
+    ) -> dict[str, Any]: ...
+
+class MultipartUpload:
+    def __init__(
+        self,
+        url: str,
+        *,
+        signer: SigV4Signer | None = None,
+        display: str = "",
+        ca_bundle: str = "",
+        ca_path: str = "",
+        insecure: bool = False,
+        part_bytes: int = ...,
+        parallel: int = 8,
+    ) -> None: ...
+    def append(self, data: Any) -> None: ...
+    def finish(self) -> None: ...
+    def abort(self) -> None: ...
+    @property
+    def bytes_sent(self) -> int: ...
+    @property
+    def parts_sent(self) -> int: ...
+
+def multipart_writer(
+    url: str,
+    *,
+    signer: SigV4Signer | None = None,
+    display: str = "",
+    ca_bundle: str = "",
+    ca_path: str = "",
+    insecure: bool = False,
+    part_bytes: int = ...,
+    parallel: int = 8,
+    threads: int = 0,
+) -> Writer: ...
 
 class Entry:
     @property
@@ -76,6 +136,7 @@ class Writer:
     def __init__(self, fd: int, threads: int = 0) -> None: ...
     def write(self, records: list[tuple[bytes, int, int, str, tuple[int, ...], int, int, bool]]) -> None: ...
     def close(self) -> None: ...
+    def abort(self) -> None: ...
     @property
     def tensor_count(self) -> int: ...
     @property
