@@ -14,6 +14,7 @@ import http.server
 import re
 import select
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -247,11 +248,14 @@ class _Server(http.server.ThreadingHTTPServer):
 class FaultServer:
     """A threaded HTTP/1.1 file server on a free loopback port whose answers tests can break."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Optional["ssl.SSLContext"] = None) -> None:
         self.lock = threading.Lock()
         self.files: Dict[str, _File] = {}
         self.errors: List[str] = []
         self._server = _Server((LOOPBACK, 0), _Handler)
+        if tls is not None:  # HTTPS: every accepted connection does a TLS handshake first
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self.scheme = "https" if tls is not None else "http"
         self._server.owner = self
         self._server.stopping = threading.Event()
         self.port = self._server.server_address[1]
@@ -261,7 +265,7 @@ class FaultServer:
         self._thread.start()
 
     def url(self, name: str) -> str:
-        return f"http://{LOOPBACK}:{self.port}/{name}"
+        return f"{self.scheme}://{LOOPBACK}:{self.port}/{name}"
 
     def put(self, name: str, data: bytes) -> str:
         """Serves ``data`` as ``/name`` (no fault, empty log); returns its URL."""
