@@ -323,6 +323,9 @@ class HttpEngine final : public ReadEngine {
     curl_easy_setopt(e, CURLOPT_WRITEDATA, &t);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, &t);
+    // Large receive buffers: fewer, larger reads and copies (measured ~1.8x over curl's 16 KiB on
+    // loopback; 2 MiB was no better than 512 KiB).
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 512L << 10);
     set_common_options(e, o);
     curl_multi_add_handle(multi, e);
   }
