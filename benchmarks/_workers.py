@@ -35,6 +35,26 @@ def _loader(method: str):
         def load(path):
             d = TensorDeserializer(path, device="cpu")
             return dict(d.items()), f"{getattr(d, '_num_readers', '?')} readers", d
+    elif method == "tensorizer-s3":
+        from tensorizer import TensorDeserializer
+        from tensorizer.stream_io import open_stream
+
+        def load(path):
+            # tensorizer presigns the URL with boto3 and reads it with curl. An explicit http://
+            # endpoint is refused unless force_http is given.
+            stream = open_stream(path, "rb", s3_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+                                 s3_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+                                 s3_endpoint=os.environ["AWS_ENDPOINT_URL"], force_http=True)
+            d = TensorDeserializer(stream, device="cpu")
+            return dict(d.items()), f"{getattr(d, '_num_readers', '?')} readers", d
+    elif method == "runai":
+        from runai_model_streamer import SafetensorsStreamer
+
+        def load(path):
+            streamer = SafetensorsStreamer().__enter__()
+            streamer.stream_file(path)
+            tensors = dict(streamer.get_tensors())
+            return tensors, "", _Closing(lambda: streamer.__exit__(None, None, None))
     elif method == "safetensors":
         from safetensors.torch import load_file
 
@@ -46,6 +66,11 @@ def _loader(method: str):
         def load(path):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap), "", None
     return load
+
+
+class _Closing:
+    def __init__(self, close) -> None:
+        self.close = close
 
 
 def _saver(fmt: str):

@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
-"""Load a synthetic model over HTTP from nginx on loopback with tensorstream and tensorizer.
+"""Load a synthetic model over HTTP and S3 from nginx on loopback: tensorstream and its peers.
 
-The model of bench_local.py is saved with both libraries and served by nginx from two server
-blocks: a plain one and one that caps every response at --cap-mbps (an S3-like link). Every load
-runs in a fresh process (bench_local.py --worker), is timed like the local ones and verified
-against the reference checksums; `curl` downloads, timed from here, give the ceilings. See
-BENCHMARKS.md.
+The model of bench_local.py is saved with tensorstream, tensorizer and safetensors and served by
+nginx from two server blocks: a plain one and one that caps every response at --cap-mbps (an
+S3-like link). The same folder is an S3 endpoint for reads: ``<root>/bench/<key>`` answers
+path-style requests for ``s3://bench/<key>`` (nginx ignores the signatures, so this measures the
+clients). tensorstream and tensorizer read ``http://`` and ``s3://``, the Run:ai model streamer
+reads the safetensors file through its S3 client. Every load runs in a fresh process
+(bench_local.py --worker), is timed like the local ones and verified against the reference
+checksums; `curl` downloads, timed from here, give the ceilings. See BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib.metadata
 import json
 import os
 import re
@@ -32,14 +36,41 @@ DEFAULT_CONNECTIONS = 16  # TENSORSTREAM_HTTP_CONNECTIONS when unset
 REFERENCE = "ts-http"
 TARGET_SHARE = 0.85
 TARGET_VS_TENSORIZER = 10
+BUCKET = "bench"  # s3://bench/<key> is <root>/bench/<key> on nginx
+S3_LOADERS = ("ts-s3", "tensorizer-s3", "runai")
+S3_PACKAGES = ("boto3", "runai-model-streamer", "runai-model-streamer-s3")
+# Every S3 client gets these, plus AWS_ENDPOINT_URL naming the link's nginx port. The keys are
+# placeholders: nginx checks no signature. The Run:ai client is kept off the EC2 metadata service
+# and on path-style URLs.
+S3_ENV = {"AWS_ACCESS_KEY_ID": "bench-access-key", "AWS_SECRET_ACCESS_KEY": "bench-secret-key",
+          "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+          "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING": "0"}
+# Cleared at the start: no profile, token or other endpoint steers a client, and the default rows
+# run with the libraries' defaults.
+S3_UNSET = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3",
+            "AWS_DEFAULT_REGION", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
+            "TENSORSTREAM_S3_ADDRESSING", "RUNAI_STREAMER_CONCURRENCY",
+            "RUNAI_STREAMER_OBJ_CONCURRENCY", "RUNAI_STREAMER_MEMORY_LIMIT")
 
 
 def methods(args, link: str) -> dict:
-    """name -> (worker loader or 'curl', connections or streams, extra environment)."""
+    """name -> (worker loader or 'curl', N, extra environment).
+
+    N counts tensorstream's connections, curl's streams or the Run:ai streamer's concurrency; None
+    is the library's default.
+    """
     out = {REFERENCE: ("ts-http", DEFAULT_CONNECTIONS, {})}
     for n in args.connections:
         out[f"ts-http-c{n}"] = ("ts-http", n, {"TENSORSTREAM_HTTP_CONNECTIONS": str(n)})
     out["tensorizer"] = ("tensorizer", None, {})
+    if args.s3:
+        out["ts-s3"] = ("ts-s3", DEFAULT_CONNECTIONS, {})
+        for n in args.s3_connections:
+            out[f"ts-s3-c{n}"] = ("ts-s3", n, {"TENSORSTREAM_HTTP_CONNECTIONS": str(n)})
+        out["tensorizer-s3"] = ("tensorizer-s3", None, {})
+        out["runai"] = ("runai", None, {})
+        for n in args.runai_concurrency:
+            out[f"runai-c{n}"] = ("runai", n, {"RUNAI_STREAMER_CONCURRENCY": str(n)})
     if link == "loopback":
         out["curl-1"] = ("curl", 1, {})
     for n in args.curl_ranges:
@@ -48,8 +79,29 @@ def methods(args, link: str) -> dict:
 
 
 def _served(spec: tuple) -> str:
-    """The saved file a method reads: tensorizer reads its own, the rest tensorstream's."""
-    return "tensorizer" if spec[0] == "tensorizer" else "tensorstream"
+    """The saved file a method reads: tensorizer its own, Run:ai the safetensors one, the rest
+    tensorstream's."""
+    return {"tensorizer": "tensorizer", "tensorizer-s3": "tensorizer",
+            "runai": "safetensors"}.get(spec[0], "tensorstream")
+
+
+def s3_bucket(workdir: str, files: list[str]) -> None:
+    """<workdir>/bench/<file> -> ../<file>, so that nginx serves s3://bench/<file> path-style."""
+    folder = os.path.join(workdir, BUCKET)
+    os.makedirs(folder, exist_ok=True)
+    for name in files:
+        link = os.path.join(folder, name)
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(os.path.join("..", name), link)
+
+
+def _location(server: _nginx.Nginx, name: str, loader: str, capped: bool) -> tuple[str, dict]:
+    """What a method opens on a link, and the environment that points it there."""
+    if loader not in S3_LOADERS:
+        return server.url(name, capped=capped), {}
+    endpoint = server.url("", capped=capped).rstrip("/")
+    return f"s3://{BUCKET}/{name}", {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}
 
 
 def run_curl(url: str, size: int, streams: int, timeout: float) -> dict:
@@ -82,15 +134,17 @@ def run_curl(url: str, size: int, streams: int, timeout: float) -> dict:
             "check": "FAIL: " + "; ".join(problems[:3]) if problems else "pass"}
 
 
-def run_load(args, spec: tuple, url: str, workdir: str, crc: int) -> dict:
-    loader, connections, env = spec
+def run_load(args, spec: tuple, url: str, workdir: str, crc: int, env: dict) -> dict:
+    loader, connections, own_env = spec
     job = {"kind": "load", "method": loader, "path": url, "file_crc32": crc,
            "reference": os.path.join(workdir, "reference.json")}
-    res = bench_local.run_worker(job, env, workdir, args.timeout)
+    res = bench_local.run_worker(job, {**env, **own_env}, workdir, args.timeout)
     engine = res.get("engine", "")
-    if loader == "ts-http" and res["check"] == "pass" and engine != "http":
+    if loader.startswith("ts-") and res["check"] == "pass" and engine != "http":
         res["check"] = f"FAIL: loaded through the {engine!r} engine, not http"
-    if connections:
+    if loader == "runai":
+        res["engine"] = f"concurrency {connections or 'default'}"
+    elif connections:
         res["engine"] = f"{engine or '?'}, {connections} connections"
     return res
 
@@ -105,24 +159,27 @@ def load_all(args, servers: dict, urls: dict, sizes: dict, ref: dict, crc: int, 
         for link in servers:
             for name, spec in plan[link].items():
                 fmt = _served(spec)
-                url = servers[link].url(urls[fmt], capped=link == "capped")
-                if spec[0] == "curl":
+                if fmt not in urls:
+                    res = {"check": f"FAIL: its {fmt} file could not be saved"}
+                elif spec[0] == "curl":
+                    url = servers[link].url(urls[fmt], capped=link == "capped")
                     res = run_curl(url, sizes[fmt], spec[1], args.timeout)
                 else:
-                    res = run_load(args, spec, url, workdir, crc)
+                    url, env = _location(servers[link], urls[fmt], spec[0], link == "capped")
+                    res = run_load(args, spec, url, workdir, crc, env)
                 (warm if r < args.warmup else runs)[link][name].append(res)
-                nbytes = sizes[fmt] if spec[0] == "curl" else ref["model_bytes"]
+                nbytes = sizes.get(fmt, 0) if spec[0] == "curl" else ref["model_bytes"]
                 rss = res.get("peak_rss_mib")
                 speed = (f"{res['seconds']:7.3f} s {nbytes / res['seconds'] / 1e9:6.2f} GB/s" +
                          (f"  peak RSS {rss:6.0f} MiB" if rss else "") if "seconds" in res else "")
-                log(f"load  {label:9} {link:8} {name:12}{speed}  {res.get('engine', '')}  "
+                log(f"load  {label:9} {link:8} {name:13}{speed}  {res.get('engine', '')}  "
                     f"{res['check']}")
     out = {}
     for link in servers:
         out[link] = {}
         for name, spec in plan[link].items():
             fmt = _served(spec)
-            nbytes = sizes[fmt] if spec[0] == "curl" else ref["model_bytes"]
+            nbytes = sizes.get(fmt, 0) if spec[0] == "curl" else ref["model_bytes"]
             out[link][name] = _report.summarize(name, runs[link][name], warm[link][name], nbytes)
             out[link][name]["streams"] = spec[1]
     return out
@@ -144,7 +201,9 @@ def add_ceilings(loads: dict, cap_gbps: float | None) -> float | None:
             if link == "loopback":
                 ceiling = best
             else:
-                streams = _readers(s) if name == "tensorizer" else s["streams"]
+                streams = (_readers(s) if name.startswith("tensorizer") else
+                           None if name.startswith("runai") else s["streams"])
+                # Run:ai's S3 client opens as many connections as it sees fit: no ceiling.
                 ceiling = streams * cap_gbps if streams else None
                 if ceiling and best:
                     ceiling = min(ceiling, best)
@@ -168,7 +227,17 @@ def _line(target: str, ok: bool | None, detail: str) -> dict:
     return {"target": target, "ok": ok, "detail": detail, "verdict": _report._verdict(ok)}
 
 
-def targets(loads: dict, best_curl: float | None, model_bytes: int) -> list[dict]:
+def _peer(name: str) -> str:
+    """The tensorizer row a tensorstream row is held against: the same protocol."""
+    return "tensorizer-s3" if name.startswith("ts-s3") else "tensorizer"
+
+
+def _best_runai(table: dict) -> tuple[str | None, float | None]:
+    rows = [(s["gbps"], n) for n, s in table.items() if n.startswith("runai") and s["gbps"]]
+    return (max(rows)[1], max(rows)[0]) if rows else (None, None)
+
+
+def targets(loads: dict, best_curl: float | None, model_bytes: int, s3: bool) -> list[dict]:
     """The issue's targets for every tensorstream method, evaluated on this run (informational)."""
     out = []
     ts_names = [n for n in loads["loopback"] if n.startswith("ts-")]
@@ -179,7 +248,7 @@ def targets(loads: dict, best_curl: float | None, model_bytes: int) -> list[dict
                    _line(goal, s["gbps"] >= TARGET_SHARE * best_curl,
                          f"{100 * s['of_ceiling']:.0f}% ({s['gbps']:.2f} vs {best_curl:.2f} GB/s)"))
     capped = loads.get("capped", {})
-    tz = capped.get("tensorizer", {}).get("gbps")
+    runai_name, runai = _best_runai(capped)
     for name in ts_names if capped else []:
         s = capped[name]
         goal = f"{name} capped >= {100 * TARGET_SHARE:.0f}% of min(connections x cap, curl)"
@@ -187,13 +256,22 @@ def targets(loads: dict, best_curl: float | None, model_bytes: int) -> list[dict
                    _line(goal, s["gbps"] >= TARGET_SHARE * s["ceiling_gbps"],
                          f"{100 * s['of_ceiling']:.0f}% ({s['gbps']:.2f} vs "
                          f"{s['ceiling_gbps']:.2f} GB/s)"))
-        goal = f"{name} capped >= {TARGET_VS_TENSORIZER}x tensorizer"
-        readers = _readers(capped.get("tensorizer", {}))
+        peer = _peer(name)
+        tz = capped.get(peer, {}).get("gbps")
+        goal = f"{name} capped >= {TARGET_VS_TENSORIZER}x {peer}"
+        readers = _readers(capped.get(peer, {}))
         bound = (f"; at the cap, {s['streams']} connections against {readers} readers allow "
                  f"{s['streams'] / readers:.0f}x at most" if readers else "")
         out.append(_line(goal, None, "not measured") if not (s["gbps"] and tz) else
                    _line(goal, s["gbps"] >= TARGET_VS_TENSORIZER * tz,
                          f"{s['gbps'] / tz:.1f}x ({s['gbps']:.2f} vs {tz:.2f} GB/s){bound}"))
+        if name.startswith("ts-s3"):
+            goal = f"{name} capped >= the Run:ai model streamer at its best concurrency"
+            out.append(_line(goal, None, "not measured: no Run:ai row succeeded") if not runai else
+                       _line(goal, None, "not measured") if not s["gbps"] else
+                       _line(goal, s["gbps"] >= runai,
+                             f"{s['gbps'] / runai:.2f}x ({s['gbps']:.2f} vs {runai:.2f} GB/s, "
+                             f"{runai_name})"))
     limit = model_bytes / _report.MIB + _report.RSS_ALLOWANCE_MIB
     for name in ts_names:
         rss = max((t[name]["peak_rss_mib"] for t in loads.values()
@@ -203,14 +281,39 @@ def targets(loads: dict, best_curl: float | None, model_bytes: int) -> list[dict
                          "not measured" if rss is None else
                          f"{rss:.0f} MiB vs limit {limit:.0f} MiB (model "
                          f"{model_bytes / _report.MIB:.0f} MiB)"))
-    out.append(_line("capped >= the Run:ai model streamer at its best concurrency", None,
-                     "not measured: its client reads from an S3 endpoint, and this benchmark "
-                     "serves plain HTTP only (no s3:// either)"))
+    if not s3 or not capped:
+        out.append(_line("capped >= the Run:ai model streamer at its best concurrency", None,
+                         "not measured: " + ("--no-s3" if not s3 else "no capped link")))
     return out
 
 
+def ratios(loads: dict) -> list[dict]:
+    """ts-s3 against tensorizer-s3, the best Run:ai row and its ceiling, on every link."""
+    out = []
+    for link, table in loads.items():
+        ts = table.get("ts-s3", {})
+        if not ts:
+            continue
+        runai_name, runai = _best_runai(table)
+        peers = [("tensorizer-s3", table.get("tensorizer-s3", {}).get("gbps")),
+                 (f"Run:ai best ({runai_name or 'none succeeded'})", runai),
+                 ("its ceiling", ts.get("ceiling_gbps"))]
+        for peer, gbps in peers:
+            ratio = ts["gbps"] / gbps if ts["gbps"] and gbps else None
+            out.append({"link": link, "method": "ts-s3", "vs": peer, "ratio": ratio,
+                        "detail": "not measured" if ratio is None else
+                        f"{ratio:.2f}x ({ts['gbps']:.2f} vs {gbps:.2f} GB/s)"})
+    return out
+
+
+def ratio_lines(rows: list[dict]) -> str:
+    return "\n".join(f"ratio        {r['link']:8} {r['method']} / {r['vs']}: {r['detail']}"
+                     for r in rows)
+
+
 def report(args, info, ts, saves, loads, ref, best_curl, extra) -> int:
-    results = targets(loads, best_curl, ref["model_bytes"])
+    results = targets(loads, best_curl, ref["model_bytes"], args.s3)
+    compared = ratios(loads)
     log("")
     titles = {"loopback": "nginx on loopback",
               "capped": f"nginx on loopback, every response capped at {args.cap_mbps:g} MB/s"}
@@ -220,6 +323,14 @@ def report(args, info, ts, saves, loads, ref, best_curl, extra) -> int:
     if "capped" in loads:
         log(f"capped link: a ceiling is N x {args.cap_mbps:g} MB/s for N connections, ranges or "
             f"readers, at most the best loopback curl ({_report._fmt(best_curl, '.2f')} GB/s)\n")
+    if args.s3:
+        log(f"s3 rows: s3://{BUCKET}/<file> from nginx as a path-style endpoint "
+            "(AWS_ENDPOINT_URL); runai reads the safetensors file with "
+            "RUNAI_STREAMER_CONCURRENCY=N (default: unset) and its default memory limit "
+            "(RUNAI_STREAMER_MEMORY_LIMIT unset); its S3 client chooses how many connections to "
+            "open, so it has no ceiling on the capped link\n")
+    if compared:
+        log(ratio_lines(compared))
     log(_report.target_lines(results))
     failed = [(link, s) for link, t in loads.items() for s in t.values()
               if s["check"].startswith("FAIL")]
@@ -232,10 +343,21 @@ def report(args, info, ts, saves, loads, ref, best_curl, extra) -> int:
         out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": info,
                "tensorstream": ts, "params": vars(args), "model": model, "save": saves,
                "load": {link: list(t.values()) for link, t in loads.items()},
-               "best_curl_gbps": best_curl, "targets": results, **extra, "ok": not failed}
+               "best_curl_gbps": best_curl, "targets": results, "ratios": compared, **extra,
+               "ok": not failed}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
     return 1 if failed else 0
+
+
+def s3_versions() -> dict:
+    out = {}
+    for name in S3_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def start_nginx(args, workdir: str) -> _nginx.Nginx:
@@ -256,17 +378,25 @@ def main(args) -> int:
     os.makedirs(workdir, exist_ok=True)
     size_bytes = int(args.size_gib * GIB)
     info = bench_local.log_machine(workdir)
-    log("not measured: s3:// and the Run:ai model streamer (they need an S3 endpoint)")
-    if os.environ.pop("TENSORSTREAM_HTTP_CONNECTIONS", None) is not None:
-        log("note     TENSORSTREAM_HTTP_CONNECTIONS was set; unset for the default runs")
+    if args.s3:
+        info["versions"].update(s3_versions())
+        log("versions " + ", ".join(f"{k} {info['versions'][k]}" for k in S3_PACKAGES))
+    else:
+        log("not measured: s3:// and the Run:ai model streamer (--no-s3)")
+    for name in ("TENSORSTREAM_HTTP_CONNECTIONS",) + S3_UNSET:
+        if os.environ.pop(name, None) is not None:
+            log(f"note     {name} was set; unset for the default runs")
+    if args.s3 and os.path.exists(os.path.expanduser("~/.s3cfg")):
+        log("WARNING  ~/.s3cfg exists: tensorstream takes its keys and host_base before the "
+            "AWS variables, so ts-s3 may not read from this benchmark's nginx")
     ts = bench_local.probe_tensorstream()
     if not ts["available"]:
         log("tensorstream is not importable: " + ts["why"])
         return 1
     save_args = argparse.Namespace(**{**vars(args), "runs": 1})
-    saves, ref, formats = bench_local.prepare(save_args, workdir, ["tensorstream", "tensorizer"],
-                                              size_bytes)
-    if ref is None or formats != ["tensorstream", "tensorizer"]:
+    wanted = ["tensorstream", "tensorizer"] + (["safetensors"] if args.s3 else [])
+    saves, ref, formats = bench_local.prepare(save_args, workdir, wanted, size_bytes)
+    if ref is None or formats[:2] != ["tensorstream", "tensorizer"]:
         log("the model could not be saved with both libraries; stopping")
         return 1
     log(f"model    {len(ref['tensors'])} tensors, {ref['model_bytes'] / GIB:.3f} GiB "
@@ -275,11 +405,15 @@ def main(args) -> int:
     cache = bench_local.warm_files(workdir, formats)
     urls = {fmt: bench_local.FILES[fmt] for fmt in formats}
     sizes = {fmt: ref["files"][fmt]["size"] for fmt in formats}
+    if args.s3:
+        s3_bucket(workdir, list(urls.values()))
     server = start_nginx(args, workdir)
     links = {"loopback": server, **({"capped": server} if args.cap_mbps else {})}
     log(f"nginx    {server.url('')} ({args.nginx_workers} worker(s))" +
         (f", capped at {args.cap_mbps:g} MB/s per response: {server.url('', capped=True)}"
          if args.cap_mbps else ""))
+    if args.s3:
+        log(f"s3       s3://{BUCKET}/<file>, path-style from the same ports (AWS_ENDPOINT_URL)")
     try:
         loads = load_all(args, links, urls, sizes, ref, cache["tensorstream"]["crc32"], workdir)
     finally:
@@ -299,6 +433,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, nargs="*", default=[4, 16, 32], metavar="N",
                    help="tensorstream variants with TENSORSTREAM_HTTP_CONNECTIONS=N "
                         "(default 4 16 32; none: only the default)")
+    p.add_argument("--s3-connections", type=int, nargs="*", default=[32], metavar="N",
+                   help="ts-s3 variants with TENSORSTREAM_HTTP_CONNECTIONS=N (default 32; none: "
+                        "only the default)")
+    p.add_argument("--runai-concurrency", type=int, nargs="*", default=[4, 32], metavar="N",
+                   help="Run:ai streamer variants with RUNAI_STREAMER_CONCURRENCY=N (default 4 32; "
+                        "none: only its default)")
+    p.add_argument("--no-s3", dest="s3", action="store_false",
+                   help="skip the s3:// rows (ts-s3, tensorizer-s3, runai) and the safetensors "
+                        "save")
     p.add_argument("--curl-ranges", type=int, nargs="*", default=[4, 16], metavar="N",
                    help="ceilings: N parallel curl range requests (default 4 16)")
     p.add_argument("--cap-mbps", type=float, default=50,
@@ -315,7 +458,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.size_gib <= 0 or args.cap_mbps < 0:
         p.error("--runs must be >= 1, --warmup >= 0, --size-gib > 0 and --cap-mbps >= 0")
-    if any(n < 1 for n in args.connections + args.curl_ranges) or args.nginx_workers < 1:
+    counts = args.connections + args.s3_connections + args.runai_concurrency + args.curl_ranges
+    if any(n < 1 for n in counts) or args.nginx_workers < 1:
         p.error("connection, range and worker counts must be >= 1")
     return args
 

@@ -1,4 +1,4 @@
-"""The HTTP benchmark runs end to end at a tiny size, and its checks catch wrong data."""
+"""The HTTP and S3 benchmark runs end to end at a tiny size, and its checks catch wrong data."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_http.py"
-LOADERS = ["ts-http", "ts-http-c32", "tensorizer"]
+LOADERS = ["ts-http", "ts-http-c32", "tensorizer", "ts-s3", "tensorizer-s3", "runai", "runai-c4"]
 CEILINGS = {"loopback": ["curl-1", "curl-4r"], "capped": ["curl-4r"]}
-# A tiny model, one run, one connection variant, a cap high enough to finish in moments.
+# A tiny model, one run, one connection variant per library, a cap high enough to finish in moments.
 SMOKE = ["--size-gib", "0.02", "--runs", "1", "--warmup", "0", "--connections", "32",
-         "--curl-ranges", "4", "--cap-mbps", "400"]
+         "--s3-connections", "--runai-concurrency", "4", "--curl-ranges", "4", "--cap-mbps", "400"]
 
 pytestmark = pytest.mark.slow
 
@@ -60,8 +60,13 @@ def test_every_method_loads_correct_tensors_on_both_links(smoke):
                 assert s["peak_rss_mib"] > s["bytes"] / 2**20, (link, name, s)
         assert loads["ts-http"]["engine"] == "http, 16 connections"
         assert loads["ts-http-c32"]["engine"] == "http, 32 connections"
+        assert loads["ts-s3"]["engine"] == "http, 16 connections"
         assert loads["tensorizer"]["engine"].endswith("readers")
+        assert loads["tensorizer-s3"]["engine"].endswith("readers")
+        assert loads["runai"]["engine"] == "concurrency default"
+        assert loads["runai-c4"]["engine"] == "concurrency 4"
     assert report["tensors_files"] == {"identical": True, "first_difference": None}
+    assert report["model"]["files"]["safetensors"]["size"] > report["model"]["bytes"]
 
 
 def test_ceilings_and_targets_are_reported(smoke):
@@ -72,20 +77,45 @@ def test_ceilings_and_targets_are_reported(smoke):
     assert best == max(curls)
     assert capped["curl-4r"]["ceiling_gbps"] == pytest.approx(min(4 * 0.4, best))
     assert capped["ts-http"]["ceiling_gbps"] == pytest.approx(min(16 * 0.4, best))
+    assert capped["ts-s3"]["ceiling_gbps"] == pytest.approx(min(16 * 0.4, best))
+    readers = int(capped["tensorizer-s3"]["engine"].split()[0])
+    assert capped["tensorizer-s3"]["ceiling_gbps"] == pytest.approx(min(readers * 0.4, best))
+    assert capped["runai"]["ceiling_gbps"] is None  # its client picks its own connections
     verdicts = {t["target"]: t["verdict"] for t in report["targets"]}
     assert verdicts["ts-http peak RSS <= model + 250 MiB"] in ("PASS", "FAIL")
+    assert verdicts["ts-s3 peak RSS <= model + 250 MiB"] in ("PASS", "FAIL")
     assert verdicts["ts-http capped >= 10x tensorizer"] in ("PASS", "FAIL")
-    assert any("Run:ai" in t and v == "SKIP" for t, v in verdicts.items())
+    assert verdicts["ts-s3 capped >= 10x tensorizer-s3"] in ("PASS", "FAIL")
+    runai = "ts-s3 capped >= the Run:ai model streamer at its best concurrency"
+    assert verdicts[runai] in ("PASS", "FAIL")
     assert "target " in proc.stdout and "% of ceiling" in proc.stdout
-    assert "Run:ai model streamer (they need an S3 endpoint)" in proc.stdout
+    assert "not measured" not in proc.stdout
+
+
+def test_ts_s3_is_compared_with_tensorizer_runai_and_its_ceiling(smoke):
+    _, proc, report = smoke
+    ratios = {(r["link"], r["vs"].split(" (")[0]): r for r in report["ratios"]}
+    assert set(ratios) == {(link, vs) for link in ("loopback", "capped")
+                           for vs in ("tensorizer-s3", "Run:ai best", "its ceiling")}
+    for link in ("loopback", "capped"):
+        loads = {s["method"]: s for s in report["load"][link]}
+        ts = loads["ts-s3"]["gbps"]
+        best = max(loads["runai"]["gbps"], loads["runai-c4"]["gbps"])
+        assert ratios[link, "tensorizer-s3"]["ratio"] == pytest.approx(
+            ts / loads["tensorizer-s3"]["gbps"])
+        assert ratios[link, "Run:ai best"]["ratio"] == pytest.approx(ts / best)
+        assert ratios[link, "its ceiling"]["ratio"] == pytest.approx(
+            ts / loads["ts-s3"]["ceiling_gbps"])
+        assert f"ratio        {link:8} ts-s3 / tensorizer-s3: " in proc.stdout
 
 
 def test_a_corrupted_file_fails_the_run(smoke, tmp_path):
     workdir, proc, _ = smoke
     assert proc.returncode == 0
-    for name in ("reference.json", "model.tensorstream.tensors", "model.tensorizer.tensors"):
+    files = ("model.tensorstream.tensors", "model.tensorizer.tensors", "model.safetensors")
+    for name in ("reference.json", *files):
         shutil.copy(workdir / name, tmp_path / name)
-    for name in ("model.tensorstream.tensors", "model.tensorizer.tensors"):
+    for name in files:
         victim = tmp_path / name
         with open(victim, "r+b") as f:  # one bit of the last tensor's data
             f.seek(os.path.getsize(victim) - 4096)
@@ -93,12 +123,16 @@ def test_a_corrupted_file_fails_the_run(smoke, tmp_path):
             f.seek(-1, os.SEEK_CUR)
             f.write(bytes([byte[0] ^ 0x01]))
     proc, report = _bench(tmp_path, "--reuse", "--size-gib", "0.02", "--runs", "1", "--warmup", "0",
-                          "--connections", "--curl-ranges", "--cap-mbps", "0")
+                          "--connections", "--s3-connections", "--runai-concurrency",
+                          "--curl-ranges", "--cap-mbps", "0")
     assert "reusing the files" in proc.stdout
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     loads = {s["method"]: s for s in report["load"]["loopback"]}
-    assert sorted(loads) == ["curl-1", "tensorizer", "ts-http"]
-    assert loads["tensorizer"]["check"] == "FAIL" and "crc32" in loads["tensorizer"]["failures"][0]
+    assert sorted(loads) == ["curl-1", "runai", "tensorizer", "tensorizer-s3", "ts-http", "ts-s3"]
+    for name in ("tensorizer", "tensorizer-s3", "runai"):
+        assert loads[name]["check"] == "FAIL" and "crc32" in loads[name]["failures"][0], name
     assert loads["ts-http"]["check"] == "FAIL"
+    assert loads["ts-s3"]["check"] == "FAIL"
+    assert "FAILED loopback runai: " in proc.stdout
     assert loads["curl-1"]["check"] == "pass"  # curl counts bytes; it cannot see a flipped bit
