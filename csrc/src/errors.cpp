@@ -20,6 +20,9 @@ FormatError::FormatError(const std::string& msg, std::string tensor, std::string
 HashMismatchError::HashMismatchError(const std::string& msg, std::string tensor)
     : std::runtime_error(with_place(msg, tensor, {})), tensor_(std::move(tensor)) {}
 
+CryptographyError::CryptographyError(const std::string& msg, std::string tensor)
+    : std::runtime_error(with_place(msg, tensor, {})), tensor_(std::move(tensor)) {}
+
 IoError::IoError(int err, const std::string& what, std::string path)
     : std::runtime_error(what + (path.empty() ? "" : " '" + path + "'") + ": " + std::strerror(err)),
       code_(err),

@@ -26,10 +26,21 @@ class HashMismatchError : public std::runtime_error {
   std::string tensor_;
 };
 
-// The file is encrypted and no key was given.
-class KeyRequiredError : public std::runtime_error {
+// Decryption failed (wrong key, tampered data or MAC) or is misconfigured; names the tensor
+// (may be empty). Messages never carry key material.
+class CryptographyError : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit CryptographyError(const std::string& msg, std::string tensor = {});
+  const std::string& tensor() const noexcept { return tensor_; }
+
+ private:
+  std::string tensor_;
+};
+
+// The file is encrypted and no key was given.
+class KeyRequiredError : public CryptographyError {
+ public:
+  explicit KeyRequiredError(const std::string& msg) : CryptographyError(msg) {}
 };
 
 // A failed system call: keeps errno and the path it concerned.

@@ -214,6 +214,7 @@ TensorHeader parse_tensor_header(const uint8_t* data, size_t size, const IndexEn
     uint64_t crypt_len = r.get<uint64_t>("crypt_info_len");
     TS_FORMAT_CHECK(crypt_len <= r.remaining() && r.remaining() - crypt_len >= 8,
                     "crypt info block runs past the header", n, "crypt_info_len");
+    h.crypt = parse_crypt_info(data + r.pos(), static_cast<size_t>(crypt_len), e.data_length, n);
     r.skip(crypt_len, "crypt_info");
   }
   TS_FORMAT_CHECK(r.remaining() >= 8, "no room for data_length at the end of the header", n, "data_length");

@@ -36,8 +36,9 @@ void check_spec(const RecordSpec& r) {
 }
 }  // namespace
 
-BuiltHeader build_tensor_header(const RecordSpec& r, bool long_shape) {
+BuiltHeader build_tensor_header(const RecordSpec& r, bool long_shape, const CryptInfo* crypt) {
   check_spec(r);
+  const bool with_crc = !(crypt && crypt->encrypted);
   ByteWriter w;
   w.put<uint64_t>(0);  // header_size, patched below
   w.put<uint16_t>(r.module_idx);
@@ -47,17 +48,26 @@ BuiltHeader build_tensor_header(const RecordSpec& r, bool long_shape) {
   w.put<uint8_t>(static_cast<uint8_t>(r.dtype.size()));
   w.bytes(r.dtype);
   put_shape(w, r.shape, long_shape);
-  w.put<uint16_t>(1 + (2 + 4) + (2 + 32));  // hash section length, counting the count byte
-  w.put<uint8_t>(2);
+  w.put<uint16_t>(1 + (with_crc ? 2 + 4 : 0) + (2 + 32));  // hash section length, counting the count byte
+  w.put<uint8_t>(with_crc ? 2 : 1);
   BuiltHeader h;
-  w.put<uint8_t>(kCrc32);
-  w.put<uint8_t>(4);
-  h.crc_at = w.size();
-  w.put<uint32_t>(0);
+  if (with_crc) {
+    w.put<uint8_t>(kCrc32);
+    w.put<uint8_t>(4);
+    h.crc_at = w.size();
+    w.put<uint32_t>(0);
+  }
   w.put<uint8_t>(kSha256);
   w.put<uint8_t>(32);
   h.sha_at = w.size();
   for (int i = 0; i < 4; ++i) w.put<uint64_t>(0);
+  if (crypt) {
+    h.crypt_begin = w.size();
+    auto block = build_crypt_info(*crypt, &h.macs_at);
+    h.macs_at += h.crypt_begin;
+    w.bytes(block.data(), block.size());
+    h.crypt_end = w.size();
+  }
   w.put<int64_t>(r.is_meta ? 0 : static_cast<int64_t>(r.data_length));
   w.patch<uint64_t>(0, w.size());
   h.bytes = std::move(w.buffer());
@@ -65,8 +75,13 @@ BuiltHeader build_tensor_header(const RecordSpec& r, bool long_shape) {
 }
 
 void set_header_hashes(BuiltHeader& h, uint32_t crc, const uint8_t sha[32]) {
-  std::memcpy(h.bytes.data() + h.crc_at, &crc, 4);
+  if (h.crc_at) std::memcpy(h.bytes.data() + h.crc_at, &crc, 4);
   std::memcpy(h.bytes.data() + h.sha_at, sha, 32);
+}
+
+void set_header_macs(BuiltHeader& h, const std::vector<crypto::Mac>& macs) {
+  for (size_t i = 0; i < macs.size(); ++i)
+    std::memcpy(h.bytes.data() + h.macs_at + i * crypto::kMacBytes, macs[i].data(), crypto::kMacBytes);
 }
 
 std::vector<uint8_t> build_file_header(const FileHeader& fh) {

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "tensorstream/format/crypt_info.hpp"
+
 namespace ts::tz {
 
 inline constexpr char kMagic[5] = {'|', 'T', 'Z', 'R', '|'};
@@ -63,6 +65,7 @@ struct TensorHeader {
   std::optional<std::array<uint8_t, 32>> sha256;
   std::vector<std::pair<size_t, size_t>> hash_value_ranges;  // [begin, end) zeroed for hashing
   size_t crypt_begin = 0, crypt_end = 0;                     // crypt-info block, left out of hashes
+  CryptInfo crypt;                                           // parsed block, when the file has them
   int64_t data_length = 0;
 };
 
@@ -99,10 +102,14 @@ bool has_long_dim(const std::vector<uint64_t>& shape);
 // Serialized per-tensor header with zeroed hash values, and where those values go.
 struct BuiltHeader {
   std::vector<uint8_t> bytes;
-  size_t crc_at = 0, sha_at = 0;
+  size_t crc_at = 0, sha_at = 0;          // crc_at 0: no CRC32 (encrypted tensors carry SHA-256 only)
+  size_t crypt_begin = 0, crypt_end = 0;  // crypt-info block, left out of the hashes
+  size_t macs_at = 0;                     // first MAC in the block
 };
-BuiltHeader build_tensor_header(const RecordSpec& r, bool long_shape);
+// `crypt`: the tensor's crypt-info block in a file that has them (encrypted, or empty), else null.
+BuiltHeader build_tensor_header(const RecordSpec& r, bool long_shape, const CryptInfo* crypt = nullptr);
 void set_header_hashes(BuiltHeader& h, uint32_t crc, const uint8_t sha[32]);
+void set_header_macs(BuiltHeader& h, const std::vector<crypto::Mac>& macs);
 
 std::vector<uint8_t> build_file_header(const FileHeader& fh);
 // One index entry; `tagged` writes the u32 entry version first.
