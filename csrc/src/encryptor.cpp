@@ -1,6 +1,7 @@
 #include "tensorstream/encryptor.hpp"
 
 #include <algorithm>
+#include <stdexcept>
 #include <vector>
 
 namespace ts {
@@ -34,6 +35,18 @@ void encrypt_data(const uint8_t* data, uint64_t n, tz::CryptInfo& ci, const cryp
     const size_t len = static_cast<size_t>(ci.chunk_length(c, n));
     h.update(data + at, len);
     ci.macs[c] = crypto::seal(scratch.data(), data + at, len, crypto::nonce_at(ci.nonce, c), key);
+    if (write) write(scratch.data(), len, at);
+  }
+}
+
+void reseal_data(const uint8_t* data, uint64_t n, const tz::CryptInfo& ci, const crypto::SecretKey& key,
+                 const ChunkWrite& write) {
+  std::vector<uint8_t> scratch(static_cast<size_t>(std::min<uint64_t>(n, ci.chunk_size)));
+  for (uint64_t c = 0; c < ci.macs.size(); ++c) {
+    const uint64_t at = c * ci.chunk_size;
+    const size_t len = static_cast<size_t>(ci.chunk_length(c, n));
+    if (crypto::seal(scratch.data(), data + at, len, crypto::nonce_at(ci.nonce, c), key) != ci.macs[c])
+      throw std::runtime_error("tensor data changed while it was being written");
     write(scratch.data(), len, at);
   }
 }

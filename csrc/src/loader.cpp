@@ -7,6 +7,7 @@
 #include <mutex>
 #include <stdexcept>
 
+#include "tensorstream/decrypt_stream.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/hash.hpp"
 
@@ -33,6 +34,7 @@ std::string hex(const uint8_t* p, size_t n) {
 struct Check {
   tz::TensorHeader header;
   std::unique_ptr<TensorHasher> hasher;
+  const crypto::SecretKey* key = nullptr;  // set for tensors to decrypt
 };
 
 void feed_header(TensorHasher& h, const uint8_t* raw, size_t size, const tz::TensorHeader& th) {
@@ -115,6 +117,22 @@ void check_requests(const tz::Index& index, const std::vector<LoadRequest>& reqs
   }
 }
 
+void check_encryption(bool encrypted, const crypto::KeySource& keys, const std::string& file) {
+  if (encrypted && keys.empty())
+    throw KeyRequiredError("'" + file + "' is encrypted: a decryption key is needed to load it");
+  if (!encrypted && !keys.empty())
+    throw CryptographyError("'" + file + "' is not encrypted, but a decryption key was given: load it without one");
+}
+
+// The key of one tensor of an encrypted file; null for tensors without data.
+const crypto::SecretKey* key_for(const tz::TensorHeader& h, const tz::IndexEntry& e, crypto::KeySource& keys) {
+  if (e.data_length == 0) return nullptr;
+  if (!h.crypt.encrypted)
+    throw CryptographyError("has data but no encryption in an encrypted file: refused, its data is not authenticated",
+                            e.name);
+  return &keys.key_for(h.crypt.kdf ? &*h.crypt.kdf : nullptr, e.name);
+}
+
 }  // namespace
 
 Loader::Loader(std::shared_ptr<Source> src, EngineOptions opts)
@@ -124,8 +142,7 @@ std::vector<uint16_t> Loader::load(const tz::Index& index, const std::vector<Loa
   stats_ = LoadStats{};
   check_requests(index, reqs);
   if (reqs.empty()) return {};
-  if (index.header.encrypted())
-    throw KeyRequiredError("'" + src_->name() + "' is encrypted: a decryption key is needed to load it");
+  check_encryption(index.header.encrypted(), keys_, src_->name());
 
   // Phase 1: per-tensor headers, in batches of bounded scratch, parsed and checked against the index.
   auto t0 = Clock::now();
@@ -156,6 +173,7 @@ std::vector<uint16_t> Loader::load(const tz::Index& index, const std::vector<Loa
       const auto& e = index.entries[reqs[i].entry];
       const ReadOp& op = ops[i - begin];
       checks[i].header = tz::parse_tensor_header(op.dst, op.length, e, index.header);
+      if (index.header.encrypted()) checks[i].key = key_for(checks[i].header, e, keys_);
       if (verify) {
         checks[i].hasher = std::make_unique<TensorHasher>();
         feed_header(*checks[i].hasher, op.dst, op.length, checks[i].header);
@@ -180,15 +198,29 @@ std::vector<uint16_t> Loader::load(const tz::Index& index, const std::vector<Loa
   // With verify_hash each tensor is hashed as its chunks arrive, in order, by the worker that
   // read them (so mostly while the bytes are still in cache); a chunk that arrives early waits in
   // its tensor's stream until the bytes before it are hashed.
+  // Encrypted tensors are decrypted the same way, each crypto chunk by the worker whose read
+  // completes it; hashes then cover the plaintext.
   std::unique_ptr<HashStream[]> streams(verify ? new HashStream[ops.size()] : nullptr);
+  std::vector<std::unique_ptr<DecryptStream>> crypts(ops.size());
+  for (size_t k = 0; k < ops.size(); ++k) {
+    const size_t r = op_req[k];
+    if (checks[r].key)
+      crypts[k] = std::make_unique<DecryptStream>(checks[r].header.crypt, *checks[r].key, ops[k].dst, ops[k].length,
+                                                  index.entries[reqs[r].entry].name, src_->name());
+  }
   ChunkDone on_chunk = [](const Piece&) {};
-  if (verify) {
-    for (size_t k = 0; k < ops.size(); ++k) streams[k].expect(ops[k].length);
+  if (verify || index.header.encrypted()) {
+    if (verify)
+      for (size_t k = 0; k < ops.size(); ++k) streams[k].expect(ops[k].length);
     on_chunk = [&](const Piece& p) {
       const size_t r = op_req[p.op];
-      HashStream& st = streams[p.op];
-      if (st.add(p.dst - ops[p.op].dst, p.length, ops[p.op].dst, *checks[r].hasher))
-        finish_check(checks[r], index.entries[reqs[r].entry].name);
+      auto hash = [&](uint64_t at, uint64_t n) {
+        if (verify && streams[p.op].add(at, n, ops[p.op].dst, *checks[r].hasher))
+          finish_check(checks[r], index.entries[reqs[r].entry].name);
+      };
+      const uint64_t at = p.dst - ops[p.op].dst;
+      if (crypts[p.op]) crypts[p.op]->add(at, p.length, hash);
+      else hash(at, p.length);
     };
   }
   try {

@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "tensorstream/encryptor.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/hash.hpp"
 #include "tensorstream/io/engine.hpp"
@@ -99,6 +100,7 @@ void Writer::write(const std::vector<WriteRecord>& records) {
   // Lay out every record and its index entry first; refuse before writing if the index overflows.
   std::vector<tz::IndexEntry> added;
   std::vector<tz::BuiltHeader> headers;
+  std::vector<tz::CryptInfo> crypts(key_ ? records.size() : 0);
   uint32_t version = header_.version;
   bool versioned = versioned_;
   uint64_t pos = next_, data_bytes = 0;
@@ -107,7 +109,8 @@ void Writer::write(const std::vector<WriteRecord>& records) {
     if (!s.is_meta && s.data_length && !rec.data)
       throw std::invalid_argument("record " + printable_name(s.name) + " has no data");
     bool long_shape = tz::has_long_dim(s.shape);
-    headers.push_back(tz::build_tensor_header(s, long_shape));
+    if (key_) crypts[headers.size()] = plan_encryption(s.is_meta ? 0 : s.data_length, kdf_);
+    headers.push_back(tz::build_tensor_header(s, long_shape, key_ ? &crypts[headers.size()] : nullptr));
     tz::IndexEntry e;
     e.entry_version = long_shape ? 5 : 1;
     e.name = s.name;
@@ -131,13 +134,13 @@ void Writer::write(const std::vector<WriteRecord>& records) {
 
   if (sink_) {
     try {
-      hash_then_stream(records, added, headers);
+      hash_then_stream(records, added, headers, crypts);
     } catch (...) {
       abort();  // a streamed object cannot be patched later: nothing half-written is kept
       throw;
     }
   } else {
-    hash_and_write(records, added, headers);
+    hash_and_write(records, added, headers, crypts);
   }
 
   entries_ = std::move(all);
@@ -150,7 +153,7 @@ void Writer::write(const std::vector<WriteRecord>& records) {
 }
 
 void Writer::hash_and_write(const std::vector<WriteRecord>& records, const std::vector<tz::IndexEntry>& added,
-                            std::vector<tz::BuiltHeader>& headers) {
+                            std::vector<tz::BuiltHeader>& headers, std::vector<tz::CryptInfo>& crypts) {
   // Hashed and written in parallel; large records first so the threads finish together.
   std::vector<size_t> order(records.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -167,9 +170,15 @@ void Writer::hash_and_write(const std::vector<WriteRecord>& records, const std::
         // Data first, block by block, each block written while it is still in cache from
         // hashing; the header, which carries the hashes, last.
         TensorHasher h;
-        h.update(headers[i].bytes.data(), headers[i].bytes.size());
+        hash_built_header(h, headers[i]);
         const uint8_t* data = records[i].data;
-        for (uint64_t at = 0, n = added[i].data_length; at < n; at += kWriteBlock) {
+        if (key_ && added[i].data_length) {
+          encrypt_data(data, added[i].data_length, crypts[i], *key_, h, [&](const uint8_t* p, size_t len, uint64_t at) {
+            pwrite_all(p, len, added[i].data_offset + at);
+          });
+          tz::set_header_macs(headers[i], crypts[i].macs);
+        }
+        for (uint64_t at = 0, n = key_ ? 0 : added[i].data_length; at < n; at += kWriteBlock) {
           size_t len = static_cast<size_t>(std::min<uint64_t>(kWriteBlock, n - at));
           h.update(data + at, len);
           pwrite_all(data + at, len, added[i].data_offset + at);
@@ -190,12 +199,11 @@ void Writer::hash_and_write(const std::vector<WriteRecord>& records, const std::
   worker();
   for (auto& t : pool) t.join();
   if (error) std::rethrow_exception(error);
-
 }
 
 // Hashes every record in parallel, then hands headers and data to the sink in file order.
 void Writer::hash_then_stream(const std::vector<WriteRecord>& records, const std::vector<tz::IndexEntry>& added,
-                              std::vector<tz::BuiltHeader>& headers) {
+                              std::vector<tz::BuiltHeader>& headers, std::vector<tz::CryptInfo>& crypts) {
   std::atomic<size_t> next{0};
   std::exception_ptr error;
   std::mutex error_mu;
@@ -203,8 +211,13 @@ void Writer::hash_then_stream(const std::vector<WriteRecord>& records, const std
     for (size_t i; (i = next.fetch_add(1)) < records.size();) {
       try {
         TensorHasher h;
-        h.update(headers[i].bytes.data(), headers[i].bytes.size());
-        if (added[i].data_length) h.update(records[i].data, added[i].data_length);
+        hash_built_header(h, headers[i]);
+        if (key_ && added[i].data_length) {
+          encrypt_data(records[i].data, added[i].data_length, crypts[i], *key_, h, nullptr);  // MACs only
+          tz::set_header_macs(headers[i], crypts[i].macs);
+        } else if (added[i].data_length) {
+          h.update(records[i].data, added[i].data_length);
+        }
         auto sha = h.sha256();
         tz::set_header_hashes(headers[i], h.crc32(), sha.data());
       } catch (...) {
@@ -222,8 +235,21 @@ void Writer::hash_then_stream(const std::vector<WriteRecord>& records, const std
   if (error) std::rethrow_exception(error);
   for (size_t i = 0; i < records.size(); ++i) {
     sink_->append(headers[i].bytes.data(), headers[i].bytes.size());
-    if (added[i].data_length) sink_->append(records[i].data, added[i].data_length);
+    if (key_ && added[i].data_length)  // sealed again, chunk by chunk: the header with the MACs goes first
+      reseal_data(records[i].data, added[i].data_length, crypts[i], *key_,
+                  [&](const uint8_t* p, size_t len, uint64_t) { sink_->append(p, len); });
+    else if (added[i].data_length)
+      sink_->append(records[i].data, added[i].data_length);
   }
+}
+
+void Writer::set_encryption(const crypto::SecretKey& key, const std::optional<crypto::PwHash>& kdf) {
+  if (!entries_.empty()) throw std::logic_error("encryption must be set before the first write");
+  if (kdf) crypto::check_pwhash(*kdf);
+  key_ = key;
+  kdf_ = kdf;
+  header_.version = std::max<uint32_t>(header_.version, 3);  // the first version with encryption
+  header_.feature_flags |= tz::kFlagEncrypted;
 }
 
 void Writer::commit_prologue() {

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "tensorstream/crypto.hpp"
 #include "tensorstream/format/tensorizer.hpp"
 #include "tensorstream/io/engine.hpp"
 #include "tensorstream/io/source.hpp"
@@ -33,12 +34,15 @@ class Loader {
   // Returns each request's module_idx (from its per-tensor header), in request order.
   std::vector<uint16_t> load(const tz::Index& index, const std::vector<LoadRequest>& requests, bool verify_hash);
   const LoadStats& stats() const { return stats_; }
+  // The key (or passphrase) for encrypted files; decryption runs in the read workers.
+  crypto::KeySource& keys() { return keys_; }
 
  private:
   std::shared_ptr<Source> src_;
   EngineOptions opts_;
   std::unique_ptr<ReadEngine> engine_;
   LoadStats stats_;
+  crypto::KeySource keys_;
 };
 
 }  // namespace ts

@@ -3,9 +3,11 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "tensorstream/crypto.hpp"
 #include "tensorstream/format/tensorizer.hpp"
 
 namespace ts {
@@ -34,6 +36,9 @@ class Writer {
   Writer(const Writer&) = delete;
   Writer& operator=(const Writer&) = delete;
 
+  // Encrypts every record written from now on (before the first write only); `kdf` is stored in
+  // each encrypted header when the key was derived from a passphrase.
+  void set_encryption(const crypto::SecretKey& key, const std::optional<crypto::PwHash>& kdf);
   void write(const std::vector<WriteRecord>& records);
   void close();
   void abort() noexcept;  // streamed writers: abandon the object (also done when destroyed unclosed)
@@ -47,10 +52,11 @@ class Writer {
   void pwrite_all(const void* data, size_t n, uint64_t offset) const;
   void commit_prologue();
   std::vector<uint8_t> prologue();
+  // `crypts`: each record's crypt-info block when encrypting (MACs filled in here), else empty.
   void hash_and_write(const std::vector<WriteRecord>& records, const std::vector<tz::IndexEntry>& added,
-                      std::vector<tz::BuiltHeader>& headers);
+                      std::vector<tz::BuiltHeader>& headers, std::vector<tz::CryptInfo>& crypts);
   void hash_then_stream(const std::vector<WriteRecord>& records, const std::vector<tz::IndexEntry>& added,
-                        std::vector<tz::BuiltHeader>& headers);
+                        std::vector<tz::BuiltHeader>& headers, std::vector<tz::CryptInfo>& crypts);
 
   int fd_ = -1;
   std::unique_ptr<StreamSink> sink_;
@@ -60,6 +66,8 @@ class Writer {
   uint64_t next_;
   bool versioned_ = false;
   bool aborted_ = false;
+  std::optional<crypto::SecretKey> key_;
+  std::optional<crypto::PwHash> kdf_;
 };
 
 }  // namespace ts
