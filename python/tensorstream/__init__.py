@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from . import stream_io, utils
+from . import encryption, stream_io, utils
 from ._device import DeviceLike
 from ._native import core_features as _core_features
 from .errors import (
@@ -25,6 +25,7 @@ from .errors import (
     NotFoundError,
     TensorstreamError,
 )
+from .encryption import DecryptionParams, EncryptionParams
 from .serialization import TensorDeserializer, TensorSerializer, TensorType
 
 try:
@@ -36,6 +37,8 @@ __all__ = [
     "TensorSerializer",
     "TensorDeserializer",
     "TensorType",
+    "EncryptionParams",
+    "DecryptionParams",
     "TensorstreamError",
     "FormatError",
     "HashMismatchError",
@@ -50,6 +53,7 @@ __all__ = [
     "features",
     "utils",
     "stream_io",
+    "encryption",
     "__version__",
 ]
 

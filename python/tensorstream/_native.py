@@ -24,6 +24,7 @@ multipart_writer = getattr(_core, "multipart_writer", None)
 Loader = _core.Loader
 Writer = _core.Writer
 read_index = _core.read_index
+derive_key = _core.derive_key
 core_features = _core.features
 
 __all__ = [
@@ -36,5 +37,6 @@ __all__ = [
     "Loader",
     "Writer",
     "read_index",
+    "derive_key",
     "core_features",
 ]

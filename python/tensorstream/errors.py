@@ -50,7 +50,18 @@ class HashMismatchError(TensorstreamError):
 
 
 class CryptographyError(TensorstreamError):
-    """Encryption or decryption failed or is misconfigured."""
+    """Encryption or decryption failed or is misconfigured.
+
+    A wrong key or altered data (a MAC that does not match) raises this, naming the file and
+    ``tensor`` (None when no single tensor is concerned). Messages never carry key material.
+    """
+
+    def __init__(self, message: str, tensor: str | None = None):
+        super().__init__(message)
+        self.tensor = tensor
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.tensor))
 
 
 class KeyRequiredError(CryptographyError):

@@ -16,9 +16,10 @@ import numpy
 import torch
 
 from . import _assign, _device, _dtypes, _loading, _names, _native, _sources
-from .errors import KeyRequiredError
+from . import encryption as _encryption
+from .encryption import DecryptionParams, EncryptionParams
 
-__all__ = ["TensorType", "TensorSerializer", "TensorDeserializer"]
+__all__ = ["TensorType", "TensorSerializer", "TensorDeserializer", "EncryptionParams", "DecryptionParams"]
 
 logger = logging.getLogger("tensorstream")
 
@@ -27,7 +28,6 @@ FilterFunc = Callable[[str | Sequence[str | int]], bool]
 # Tensors that need a host copy before writing (GPU, non-contiguous) are staged in batches of
 # about this many bytes, so that saving never holds a second copy of the whole model.
 _STAGING_BYTES = 512 << 20
-_ENCRYPTION_LATER = "encryption is not supported yet (a later feature of tensorstream)"
 
 
 class TensorType(enum.IntEnum):
@@ -60,12 +60,12 @@ class TensorSerializer:
         encryption: Any = None,
         limit_cpu_concurrency: int | None = None,
     ) -> None:
-        if encryption is not None:
-            raise NotImplementedError(_ENCRYPTION_LATER)
+        encryption = _encryption.writing_params(encryption)
         self._target: _sources.WriteTarget | None = None
         self._target = _sources.WriteTarget(path_or_file)
         try:
             self._writer = self._target.make_writer(limit_cpu_concurrency or 0)
+            _encryption.apply_to_writer(self._writer, encryption)
         except BaseException:
             self._target.abandon()
             self._target = None
@@ -300,12 +300,14 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self._source: Any = _sources.open_source(path_or_file)
         try:
             self._index = _native.read_index(self._source)
-            _check_encryption(self._index, encryption, self._source.name)
+            encryption = _encryption.reading_params(encryption)
+            _encryption.check_file(self._index.encrypted, encryption, self._source.name)
             self._records = _select(self._index, filter_func)
             self._by_path = {r.path: r for r in self._records}
             self._tree = _names.registry_of([r.path for r in self._records])
             self.total_tensor_bytes = sum(r.nbytes for r in self._records)
             self._loader: Any = _native.Loader(self._source, threads=num_readers or 0)
+            _encryption.apply_to_loader(self._loader, encryption)
             self._backend: str = self._loader.backend
             if not lazy_load:
                 self._fetch(self._records, self._verify_hash, pooled=True)
@@ -459,13 +461,6 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         if self._dtype is not None and tensor.is_floating_point() and tensor.dtype != self._dtype:
             tensor = tensor.to(self._dtype)
         return tensor
-
-
-def _check_encryption(index: Any, encryption: Any, name: str) -> None:
-    if index.encrypted and encryption is None:
-        raise KeyRequiredError(f"{name} is encrypted; pass encryption= with its key to load it")
-    if index.encrypted or encryption is not None:
-        raise NotImplementedError(_ENCRYPTION_LATER)
 
 
 def _select(index: Any, filter_func: FilterFunc | None) -> list[_loading.Record]:
