@@ -287,6 +287,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         verify_hash: bool = False,
         encryption: Any = None,
     ) -> None:
+        encryption = _encryption.reading_params(encryption)
         self._device = _device.resolve(device)
         if num_readers is not None and (not isinstance(num_readers, int) or num_readers < 1):
             raise ValueError(f"num_readers must be a positive int or None, not {num_readers!r}")
@@ -300,7 +301,6 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self._source: Any = _sources.open_source(path_or_file)
         try:
             self._index = _native.read_index(self._source)
-            encryption = _encryption.reading_params(encryption)
             _encryption.check_file(self._index.encrypted, encryption, self._source.name)
             self._records = _select(self._index, filter_func)
             self._by_path = {r.path: r for r in self._records}
