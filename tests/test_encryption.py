@@ -116,7 +116,7 @@ def test_data_on_disk_is_ciphertext_with_fresh_nonces(tmp_path):
 
 
 def test_tensorizer_loads_what_tensorstream_encrypts(tmp_path):
-    state = _state()
+    state = {**_state(), "empty": torch.empty(0, 3)}  # tensorizer itself cannot encrypt an empty tensor
     exact, derived = EncryptionParams.random(), EncryptionParams.from_string("pass phrase", **FAST)
     for params, decryption in (
         (exact, tensorizer.DecryptionParams.from_key(exact.key)),
@@ -131,6 +131,30 @@ def test_tensorizer_loads_what_tensorstream_encrypts(tmp_path):
                 assert_same(got, want)
         finally:
             loaded.close()
+
+
+@pytest.mark.parametrize("kind", ["key", "passphrase"])
+def test_same_bytes_as_tensorizer_but_nonces_macs_and_data(tmp_path, kind):
+    """Same layout, index, headers and SHA-256 (of the plaintext) as tensorizer writes."""
+    state = {k: v for k, v in _state().items() if k != "exact"}
+    salt = b"0123456789abcdef"
+    if kind == "key":
+        ours, theirs = EncryptionParams(bytes(32)), tensorizer.EncryptionParams(bytes(32))
+    else:
+        ours = EncryptionParams.from_string("pw", salt=salt, **FAST)
+        theirs = tensorizer.EncryptionParams.from_string("pw", salt=salt, **TZ_FAST)
+    _save(tmp_path / "ts.tensors", state, ours)
+    _tz_save(tmp_path / "tz.tensors", state, theirs)
+    a, b = bytearray((tmp_path / "ts.tensors").read_bytes()), bytearray((tmp_path / "tz.tensors").read_bytes())
+    assert len(a) == len(b)
+    for _, data_offset, length in _headers(bytes(a)):
+        if length:
+            macs = 16 * -(-length // CHUNK)
+            nonce_at = data_offset - 8 - macs - 8 - 24
+            for buf in (a, b):
+                buf[nonce_at : nonce_at + 24] = bytes(24)
+                buf[data_offset - 8 - macs : data_offset + length] = bytes(macs + 8 + length)
+    assert a == b
 
 
 @pytest.mark.parametrize("kind", ["random", "passphrase", "passphrase-default-cost"])
