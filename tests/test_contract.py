@@ -174,3 +174,53 @@ def test_flipped_byte_is_caught_by_verify_hash(medium, model):
 def test_missing_file_is_file_not_found(medium):
     with pytest.raises(FileNotFoundError):
         TensorDeserializer(medium.missing())
+
+
+# Encryption: the same over every medium -------------------------------------------------------------
+
+
+def _encrypted_target(medium, name: str):
+    """Where to write an encrypted file directly (S3: a streamed upload), or None for HTTP."""
+    if medium.kind == "file":
+        return str(medium.root / name)
+    if medium.kind == "s3":
+        return f"s3://{medium.bucket}/{name}"
+    return None
+
+
+def test_encrypted_round_trip(medium, model):
+    tensors, _ = model
+    params = tensorstream.EncryptionParams.random()
+    target = _encrypted_target(medium, "enc.tensors")
+    buf = io.BytesIO()
+    with TensorSerializer(target or buf, encryption=params) as serializer:
+        serializer.write_state_dict(tensors)
+    where = target or medium.publish("enc.tensors", buf.getvalue())
+    key = tensorstream.DecryptionParams.from_key(params.key)
+    with TensorDeserializer(where, encryption=key, verify_hash=True) as d:
+        for name, tensor in tensors.items():
+            assert_same(d[name], tensor)
+    with TensorDeserializer(where, encryption=key, lazy_load=True) as d:
+        assert_same(d["positions"], tensors["positions"])
+    with pytest.raises(tensorstream.KeyRequiredError):
+        TensorDeserializer(where)
+
+
+def test_encrypted_by_tensorizer_and_tampered(medium, model, tmp_path):
+    tensors, _ = model
+    params = tensorizer.EncryptionParams.random()
+    path = tmp_path / "tz-enc.tensors"
+    serializer = tensorizer.TensorSerializer(str(path), encryption=params)
+    serializer.write_state_dict(tensors)
+    serializer.close()
+    raw = path.read_bytes()
+    key = tensorstream.DecryptionParams.from_key(params.key)
+    with TensorDeserializer(medium.publish("tz-enc.tensors", raw), encryption=key, verify_hash=True) as d:
+        for name, tensor in tensors.items():
+            assert_same(d[name], tensor)
+    entry = next(e for e in _core.read_index(_core.MemorySource(raw)).entries if e.name == b"blocks.0.attn.weight")
+    bad = bytearray(raw)
+    bad[entry.data_offset + 17] ^= 0x40
+    with pytest.raises(tensorstream.CryptographyError) as err:
+        TensorDeserializer(medium.publish("tz-enc-bad.tensors", bytes(bad)), encryption=key)
+    assert err.value.tensor == "blocks.0.attn.weight"
