@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import struct
+import subprocess
+import sys
 
 import numpy
 import pytest
@@ -157,15 +160,14 @@ def test_same_bytes_as_tensorizer_but_nonces_macs_and_data(tmp_path, kind):
     assert a == b
 
 
-@pytest.mark.parametrize("kind", ["random", "passphrase", "passphrase-default-cost"])
+@pytest.mark.parametrize("kind", ["random", "passphrase"])
 def test_tensorstream_loads_what_tensorizer_encrypts(tmp_path, open_file, kind):
     state = _state()
     if kind == "random":
         params = tensorizer.EncryptionParams.random()
         decryption = DecryptionParams.from_key(params.key)
     else:
-        cost = TZ_FAST if kind == "passphrase" else {}
-        params = tensorizer.EncryptionParams.from_string("s3cret phrase", **cost)
+        params = tensorizer.EncryptionParams.from_string("s3cret phrase", **TZ_FAST)
         decryption = DecryptionParams.from_string("s3cret phrase")
     path = tmp_path / "tz.tensors"
     _tz_save(path, state, params)
@@ -261,6 +263,27 @@ def test_wrong_key_yields_nothing(encrypted, engine):
         assert_same(lazy["meta"], _state()["meta"])  # no data, nothing to decrypt
 
 
+def test_failed_loads_do_not_pin_their_memory(tmp_path):
+    """A kept exception holds the failed load's frames, but not the memory read into."""
+    psutil = pytest.importorskip("psutil")
+    path = tmp_path / "big.tensors"
+    _save(path, {"w": torch.ones(32 << 18)}, EncryptionParams.random())  # 32 MiB
+    wrong = DecryptionParams.from_key(bytes(32))
+    kept = []
+    gc.disable()
+    try:
+        for i in range(5):
+            with pytest.raises(CryptographyError) as info:
+                TensorDeserializer(path, encryption=wrong)
+            kept.append(info.value)
+            if i == 0:
+                base = psutil.Process().memory_info().rss
+        grown = psutil.Process().memory_info().rss - base
+    finally:
+        gc.enable()
+    assert grown < 12 << 20, f"{grown >> 20} MiB kept by 4 failed loads"
+
+
 def test_wrong_passphrase(tmp_path):
     path = tmp_path / "enc.tensors"
     _save(path, {"w": torch.arange(100.0)}, EncryptionParams.from_string("right", **FAST))
@@ -352,8 +375,6 @@ def test_params_mirror_tensorizer():
         ours = EncryptionParams.from_string("phrase", salt=salt, **cost)
         theirs = tensorizer.EncryptionParams.from_string("phrase", salt=salt, **cost)
         assert ours.key == theirs.key and ours.salt == salt
-    default = EncryptionParams.from_string("phrase", salt=salt)
-    assert default.key == tensorizer.EncryptionParams.from_string("phrase", salt=salt).key
     assert len(EncryptionParams.random().key) == 32
     assert EncryptionParams.random().key != EncryptionParams.random().key
     assert EncryptionParams.from_string("x", **FAST).salt != EncryptionParams.from_string("x", **FAST).salt
@@ -361,6 +382,30 @@ def test_params_mirror_tensorizer():
     assert EncryptionParams(key).key == key == DecryptionParams.from_key(key).key
     assert DecryptionParams.from_key(key).source is None
     assert DecryptionParams.from_string("pw").source == b"pw" and DecryptionParams.from_string("pw").key is None
+
+
+_DEFAULT_COST = """
+import sys, torch, tensorizer, tensorstream
+salt = b"0123456789abcdef"
+ours = tensorstream.EncryptionParams.from_string("phrase", salt=salt)
+assert ours.key == tensorizer.EncryptionParams.from_string("phrase", salt=salt).key
+serializer = tensorizer.TensorSerializer(sys.argv[1], encryption=tensorizer.EncryptionParams.from_string("phrase"))
+serializer.write_state_dict({"w": torch.arange(1000.0)})
+serializer.close()
+decryption = tensorstream.DecryptionParams.from_string("phrase")
+with tensorstream.TensorDeserializer(sys.argv[1], encryption=decryption, verify_hash=True) as loaded:
+    assert torch.equal(loaded["w"], torch.arange(1000.0))
+print("same")
+"""
+
+
+def test_default_passphrase_cost_is_tensorizers(tmp_path):
+    """The defaults (3 passes, 256 MiB) derive tensorizer's key; in a child, to keep 256 MiB
+    of Argon2 memory out of this process's peak RSS."""
+    out = subprocess.run(
+        [sys.executable, "-c", _DEFAULT_COST, str(tmp_path / "d.tensors")], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "same", out.stderr[-2000:]
 
 
 def test_params_refuse_bad_input():

@@ -131,6 +131,7 @@ def load(
     allocation, so that it can be freed on its own (lazy loads).
     """
     with_data = [r for r in records if r.nbytes]
+    pool = None
     if pooled:
         offsets, size = _layout(with_data)
         pool = arena(size) if size else None
@@ -140,7 +141,11 @@ def load(
     requests = [(r.pos, raw.data_ptr(), r.nbytes) for r, raw in zip(with_data, raws, strict=True)]
     requests += [(r.pos, 0, 0) for r in records if not r.nbytes]
     requests.sort()
-    module_idx = loader.load(index, requests, verify_hash)
+    try:
+        module_idx = loader.load(index, requests, verify_hash)
+    except BaseException:
+        pool = raws = None  # a traceback the caller keeps holds this frame, not the memory
+        raise
     out = {r.pos: _typed(raw, r) for r, raw in zip(with_data, raws, strict=True)}
     out.update((r.pos, _empty(r)) for r in records if not r.nbytes)
     return out, {pos: idx for (pos, _, _), idx in zip(requests, module_idx, strict=True)}
