@@ -32,7 +32,7 @@ import _system  # noqa: E402
 import bench_local  # noqa: E402
 from bench_local import GIB, log  # noqa: E402
 
-DEFAULT_CONNECTIONS = 16  # TENSORSTREAM_HTTP_CONNECTIONS when unset
+DEFAULT_CONNECTIONS = 32  # TENSORSTREAM_HTTP_CONNECTIONS when unset
 REFERENCE = "ts-http"
 TARGET_SHARE = 0.85
 TARGET_VS_TENSORIZER = 10
@@ -430,10 +430,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size-gib", type=float, default=2.0, help="model size (default 2.0)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per method (median; default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds (default 1)")
-    p.add_argument("--connections", type=int, nargs="*", default=[4, 16, 32], metavar="N",
+    p.add_argument("--connections", type=int, nargs="*", default=[4, 16, 64], metavar="N",
                    help="tensorstream variants with TENSORSTREAM_HTTP_CONNECTIONS=N "
                         "(default 4 16 32; none: only the default)")
-    p.add_argument("--s3-connections", type=int, nargs="*", default=[32], metavar="N",
+    p.add_argument("--s3-connections", type=int, nargs="*", default=[16], metavar="N",
                    help="ts-s3 variants with TENSORSTREAM_HTTP_CONNECTIONS=N (default 32; none: "
                         "only the default)")
     p.add_argument("--runai-concurrency", type=int, nargs="*", default=[4, 32], metavar="N",
@@ -442,7 +442,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-s3", dest="s3", action="store_false",
                    help="skip the s3:// rows (ts-s3, tensorizer-s3, runai) and the safetensors "
                         "save")
-    p.add_argument("--curl-ranges", type=int, nargs="*", default=[4, 16], metavar="N",
+    p.add_argument("--curl-ranges", type=int, nargs="*", default=[4, 16, 32], metavar="N",
                    help="ceilings: N parallel curl range requests (default 4 16)")
     p.add_argument("--cap-mbps", type=float, default=50,
                    help="rate of the capped link per response, MB/s (default 50; 0: none)")

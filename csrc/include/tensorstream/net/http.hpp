@@ -14,7 +14,7 @@ struct curl_slist;
 namespace ts {
 
 struct HttpOptions {
-  unsigned connections = 16;  // range requests in flight
+  unsigned connections = 32;  // range requests in flight (object stores cap each stream)
   unsigned retries = 5;       // further attempts per range after the first
   double timeout_s = 30;      // seconds without progress before a request is retried
   double deadline_s = 0;      // overall seconds for one run; 0: none
