@@ -432,9 +432,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds (default 1)")
     p.add_argument("--connections", type=int, nargs="*", default=[4, 16, 64], metavar="N",
                    help="tensorstream variants with TENSORSTREAM_HTTP_CONNECTIONS=N "
-                        "(default 4 16 32; none: only the default)")
+                        "(default 4 16 64; none: only the default)")
     p.add_argument("--s3-connections", type=int, nargs="*", default=[16], metavar="N",
-                   help="ts-s3 variants with TENSORSTREAM_HTTP_CONNECTIONS=N (default 32; none: "
+                   help="ts-s3 variants with TENSORSTREAM_HTTP_CONNECTIONS=N (default 16; none: "
                         "only the default)")
     p.add_argument("--runai-concurrency", type=int, nargs="*", default=[4, 32], metavar="N",
                    help="Run:ai streamer variants with RUNAI_STREAMER_CONCURRENCY=N (default 4 32; "
@@ -443,7 +443,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="skip the s3:// rows (ts-s3, tensorizer-s3, runai) and the safetensors "
                         "save")
     p.add_argument("--curl-ranges", type=int, nargs="*", default=[4, 16, 32], metavar="N",
-                   help="ceilings: N parallel curl range requests (default 4 16)")
+                   help="ceilings: N parallel curl range requests (default 4 16 32)")
     p.add_argument("--cap-mbps", type=float, default=50,
                    help="rate of the capped link per response, MB/s (default 50; 0: none)")
     p.add_argument("--nginx-workers", type=int, default=1,
