@@ -16,14 +16,47 @@ COPY_THREADS = 2
 HUGE = 2 << 20
 
 
-def _loader(method: str):
+def _read_key(key_file: str | None) -> bytes | None:
+    """The 32-byte key stored (as hex) by the encrypted saver; None without a key file."""
+    if not key_file:
+        return None
+    with open(key_file) as f:
+        return bytes.fromhex(f.read().strip())
+
+
+def _integrity_options(method: str, key_file: str | None, decryption_params) -> dict:
+    """verify_hash / encryption keyword arguments for the integrity methods (bench_integrity)."""
+    opts = {"verify_hash": method.endswith("-verify")}
+    if "-encrypted" in method:
+        opts["encryption"] = decryption_params.from_key(_read_key(key_file))
+    return opts
+
+
+def _loader(method: str, key_file: str | None = None):
     """Import the method's library (outside the timed region); return load(path).
 
     load returns (name -> tensor mapping, engine description, object to close afterwards).
+    key_file holds the key of an encrypted file (methods with "-encrypted" in their name).
     """
     import torch
 
-    if method.startswith("ts-"):
+    if method in ("ts-verify", "ts-encrypted", "ts-encrypted-verify"):
+        import tensorstream
+
+        opts = _integrity_options(method, key_file, tensorstream.DecryptionParams)
+
+        def load(path):
+            d = tensorstream.TensorDeserializer(path, device="cpu", **opts)
+            return dict(d.items()), str(getattr(d, "io_backend", "?")), d
+    elif method in ("tensorizer-verify", "tensorizer-encrypted"):
+        import tensorizer
+
+        opts = _integrity_options(method, key_file, tensorizer.DecryptionParams)
+
+        def load(path):
+            d = tensorizer.TensorDeserializer(path, device="cpu", **opts)
+            return dict(d.items()), f"{getattr(d, '_num_readers', '?')} readers", d
+    elif method.startswith("ts-"):
         import tensorstream
 
         def load(path):
@@ -73,11 +106,26 @@ class _Closing:
         self.close = close
 
 
-def _saver(fmt: str):
-    """Import the format's library (outside the timed region); return save(state_dict, path)."""
+def _saver(fmt: str, key_file: str | None = None):
+    """Import the format's library (outside the timed region); return save(state_dict, path).
+
+    "tensorstream-encrypted" encrypts with a fresh random key, written as hex to key_file.
+    """
     import torch
 
-    if fmt in ("tensorstream", "tensorizer"):
+    if fmt == "tensorstream-encrypted":
+        from tensorstream import EncryptionParams, TensorSerializer
+
+        params = EncryptionParams.random()
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(params.key.hex())
+
+        def save(sd, path):
+            s = TensorSerializer(path, encryption=params)
+            s.write_state_dict(sd)
+            s.close()
+    elif fmt in ("tensorstream", "tensorizer"):
         if fmt == "tensorstream":
             from tensorstream import TensorSerializer
         else:
@@ -114,7 +162,7 @@ def _load_worker(spec: dict) -> dict:
 
     with open(spec["reference"]) as f:
         expected = json.load(f)["tensors"]
-    load = _loader(spec["method"])
+    load = _loader(spec["method"], spec.get("key_file"))
     if spec["method"] == "ts-reload":
         _load_and_free(load, spec["path"])
     base = _system.status_mib("VmRSS")
@@ -189,7 +237,7 @@ def _copy_worker(spec: dict) -> dict:
 def _save_worker(spec: dict) -> dict:
     import _model
 
-    save = _saver(spec["format"])
+    save = _saver(spec["format"], spec.get("key_file"))
     t0 = time.perf_counter()
     sd = _model.generate(spec["size_bytes"], spec["seed"])
     generate_s = time.perf_counter() - t0

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_http.py"
-LOADERS = ["ts-http", "ts-http-c32", "tensorizer", "ts-s3", "tensorizer-s3", "runai", "runai-c4"]
+LOADERS = ["ts-http", "ts-http-c4", "tensorizer", "ts-s3", "tensorizer-s3", "runai", "runai-c4"]
 CEILINGS = {"loopback": ["curl-1", "curl-4r"], "capped": ["curl-4r"]}
 # A tiny model, one run, one connection variant per library, a cap high enough to finish in moments.
-SMOKE = ["--size-gib", "0.02", "--runs", "1", "--warmup", "0", "--connections", "32",
+SMOKE = ["--size-gib", "0.02", "--runs", "1", "--warmup", "0", "--connections", "4",
          "--s3-connections", "--runai-concurrency", "4", "--curl-ranges", "4", "--cap-mbps", "400"]
 
 pytestmark = pytest.mark.slow
@@ -58,9 +58,9 @@ def test_every_method_loads_correct_tensors_on_both_links(smoke):
             assert s["median_s"] > 0 and s["gbps"] > 0, (link, name, s)
             if name in LOADERS:
                 assert s["peak_rss_mib"] > s["bytes"] / 2**20, (link, name, s)
-        assert loads["ts-http"]["engine"] == "http, 16 connections"
-        assert loads["ts-http-c32"]["engine"] == "http, 32 connections"
-        assert loads["ts-s3"]["engine"] == "http, 16 connections"
+        assert loads["ts-http"]["engine"] == "http, 32 connections"  # the default
+        assert loads["ts-http-c4"]["engine"] == "http, 4 connections"
+        assert loads["ts-s3"]["engine"] == "http, 32 connections"
         assert loads["tensorizer"]["engine"].endswith("readers")
         assert loads["tensorizer-s3"]["engine"].endswith("readers")
         assert loads["runai"]["engine"] == "concurrency default"
