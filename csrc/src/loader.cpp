@@ -67,12 +67,17 @@ class HashStream {
  public:
   // Records chunk [at, at+n) of `base`; the caller hashes every chunk that is now next in line.
   // Returns true for exactly one call: the one after which the whole tensor has been hashed.
-  bool add(uint64_t at, uint64_t n, const uint8_t* base, TensorHasher& h) {
+  // Throws Cancelled between chunks once `stop` asks (the load is abandoned, the hash unused).
+  bool add(uint64_t at, uint64_t n, const uint8_t* base, TensorHasher& h, const CancelToken& stop) {
     std::unique_lock<std::mutex> lock(mu_);
     ready_.emplace(at, n);
     if (busy_) return false;  // the thread already hashing this tensor will take it
     busy_ = true;
     while (!ready_.empty() && ready_.begin()->first == next_) {
+      if (stop.requested()) {
+        busy_ = false;
+        throw Cancelled("hashing cancelled");
+      }
       uint64_t len = ready_.begin()->second;
       ready_.erase(ready_.begin());
       lock.unlock();
@@ -136,11 +141,23 @@ const crypto::SecretKey* key_for(const tz::TensorHeader& h, const tz::IndexEntry
 }  // namespace
 
 Loader::Loader(std::shared_ptr<Source> src, EngineOptions opts)
-    : src_(std::move(src)), opts_(std::move(opts)), engine_(make_engine(*src_, opts_)) {}
+    : src_(std::move(src)), opts_(std::move(opts)), engine_(make_engine(*src_, opts_)) {
+  engine_->set_cancel(&cancel_);
+}
 
 std::vector<uint16_t> Loader::load(const tz::Index& index, const std::vector<LoadRequest>& reqs, bool verify) {
+  try {
+    return load_checked(index, reqs, verify);
+  } catch (const Cancelled&) {  // from an engine, a hasher or a check here: name the file
+    throw Cancelled("loading '" + src_->name() + "' was cancelled");
+  }
+}
+
+std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::vector<LoadRequest>& reqs,
+                                           bool verify) {
   stats_ = LoadStats{};
   check_requests(index, reqs);
+  cancel_.check();
   if (reqs.empty()) return {};
   check_encryption(index.header.encrypted(), keys_, src_->name());
 
@@ -149,6 +166,7 @@ std::vector<uint16_t> Loader::load(const tz::Index& index, const std::vector<Loa
   std::vector<Check> checks(reqs.size());
   std::vector<uint8_t> scratch;
   for (size_t begin = 0; begin < reqs.size();) {
+    cancel_.check();
     std::vector<ReadOp> ops;
     uint64_t used = 0;
     size_t end = begin;
@@ -184,6 +202,7 @@ std::vector<uint16_t> Loader::load(const tz::Index& index, const std::vector<Loa
     begin = end;
   }
   stats_.header_seconds = since(t0);
+  cancel_.check();
 
   // Phase 2: data straight into the destinations.
   t0 = Clock::now();
@@ -215,10 +234,11 @@ std::vector<uint16_t> Loader::load(const tz::Index& index, const std::vector<Loa
     on_chunk = [&](const Piece& p) {
       const size_t r = op_req[p.op];
       auto hash = [&](uint64_t at, uint64_t n) {
-        if (verify && streams[p.op].add(at, n, ops[p.op].dst, *checks[r].hasher))
+        if (verify && streams[p.op].add(at, n, ops[p.op].dst, *checks[r].hasher, cancel_))
           finish_check(checks[r], index.entries[reqs[r].entry].name);
       };
       const uint64_t at = p.dst - ops[p.op].dst;
+      cancel_.check();  // before opening crypto chunks: the load is abandoned
       if (crypts[p.op]) crypts[p.op]->add(at, p.length, hash);
       else hash(at, p.length);
     };

@@ -73,6 +73,13 @@ class NetworkError : public std::runtime_error {
   unsigned attempts_;
 };
 
+// A load stopped early because it was cancelled (Loader::cancel, or an interrupt). Thrown only
+// once no read can still write into the load's destinations; what they hold is incomplete.
+class Cancelled : public std::runtime_error {
+ public:
+  explicit Cancelled(const std::string& msg) : std::runtime_error(msg) {}
+};
+
 // Printable form of a tensor name: UTF-8 as is, other bytes escaped, long names shortened.
 std::string printable_name(const std::string& raw);
 

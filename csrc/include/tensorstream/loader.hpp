@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "tensorstream/cancel.hpp"
 #include "tensorstream/crypto.hpp"
 #include "tensorstream/format/tensorizer.hpp"
 #include "tensorstream/io/engine.hpp"
@@ -31,18 +32,28 @@ class Loader {
   Loader(std::shared_ptr<Source> src, EngineOptions opts);
   const char* backend() const { return engine_->name(); }
   const Source& source() const { return *src_; }
-  // Returns each request's module_idx (from its per-tensor header), in request order.
+  // Returns each request's module_idx (from its per-tensor header), in request order. Throws
+  // Cancelled when stopped by cancel() or interrupt(), once nothing writes to the destinations.
   std::vector<uint16_t> load(const tz::Index& index, const std::vector<LoadRequest>& requests, bool verify_hash);
+  // From any thread: stops the running load and every later one (closing the loader).
+  void cancel() { cancel_.cancel(); }
+  bool cancelled() const { return cancel_.cancelled(); }
+  // From any thread: stops the running load only; resume() lets later loads run.
+  void interrupt() { cancel_.interrupt(); }
+  void resume() { cancel_.resume(); }
   const LoadStats& stats() const { return stats_; }
   // The key (or passphrase) for encrypted files; decryption runs in the read workers.
   crypto::KeySource& keys() { return keys_; }
 
  private:
+  std::vector<uint16_t> load_checked(const tz::Index& index, const std::vector<LoadRequest>& requests, bool verify);
+
   std::shared_ptr<Source> src_;
   EngineOptions opts_;
   std::unique_ptr<ReadEngine> engine_;
   LoadStats stats_;
   crypto::KeySource keys_;
+  CancelToken cancel_;
 };
 
 }  // namespace ts

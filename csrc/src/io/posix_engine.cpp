@@ -28,6 +28,7 @@ class PosixEngine final : public ReadEngine {
         size_t i = next.fetch_add(1);
         if (i >= pieces.size() || failed.load(std::memory_order_relaxed)) return;
         try {
+          if (cancel_requested()) throw Cancelled("read cancelled");
           read_piece(pieces[i]);
           done(pieces[i]);
         } catch (...) {

@@ -49,6 +49,7 @@ bool async_flag_wanted() {
 struct Shared {
   const std::vector<Piece>& pieces;
   const ChunkDone& done;
+  const ReadEngine& engine;  // its cancel token
   std::atomic<size_t> next{0};
   std::atomic<bool> failed{false};
   std::atomic<uint64_t> queued{0};
@@ -60,6 +61,13 @@ struct Shared {
     if (!error) error = e;
     failed = true;
   }
+  // Whether to stop starting reads; a cancellation becomes the run's error.
+  bool stopping() {
+    if (failed.load(std::memory_order_relaxed)) return true;
+    if (!engine.cancel_requested()) return false;
+    fail(std::make_exception_ptr(Cancelled("read cancelled")));
+    return true;
+  }
 };
 
 class Worker {
@@ -69,11 +77,12 @@ class Worker {
     for (unsigned i = 0; i < depth; ++i) free_.push_back(i);
   }
 
-  // Keeps up to `depth` pieces in flight until none are left or a worker failed; never returns
-  // with a read still in flight.
+  // Keeps up to `depth` pieces in flight until none are left, a worker failed or the run was
+  // cancelled; never returns with a read still in flight (reads on regular files cannot be
+  // recalled, so a cancelled worker waits for at most `depth` chunks).
   void run() {
     for (;;) {
-      while (!s_.failed.load(std::memory_order_relaxed) && !free_.empty()) {
+      while (!free_.empty() && !s_.stopping()) {
         size_t i = s_.next.fetch_add(1);
         if (i >= s_.pieces.size()) break;
         unsigned slot = free_.back();
@@ -153,7 +162,7 @@ class Worker {
   void complete(unsigned slot, int res) {
     Piece& p = left_[slot];
     const size_t i = slot_piece_[slot];
-    const bool stop = s_.failed.load(std::memory_order_relaxed);
+    const bool stop = s_.stopping();
     if (res == -EINTR || res == -EAGAIN) {
       if (!stop) return queue(slot);
     } else if (res < 0) {
@@ -191,7 +200,7 @@ class UringEngine final : public ReadEngine {
 
   void run(const std::vector<ReadOp>& ops, const ChunkDone& done) override {
     const std::vector<Piece> pieces = cut_pieces(ops, chunk_);
-    Shared shared{pieces, done, {}, {}, {}, {}, {}};
+    Shared shared{pieces, done, *this, {}, {}, {}, {}, {}};
     auto work = [&] {
       try {
         Worker(shared, src_.fd(), depth_, async_).run();

@@ -238,6 +238,8 @@ class HttpEngine final : public ReadEngine {
     };
     try {
       for (;;) {
+        // Checked at least every 100 ms (the longest wait below); the catch removes the handles.
+        if (cancel_requested()) throw Cancelled("read cancelled");
         // Start what can start: due retries first, then new pieces.
         while (!idle.empty()) {
           Transfer* t = idle.back();

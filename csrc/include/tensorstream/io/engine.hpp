@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "tensorstream/cancel.hpp"
 #include "tensorstream/io/source.hpp"
 
 namespace ts {
@@ -54,9 +55,17 @@ class ReadEngine {
   virtual const char* name() const = 0;
   // Reads every op whole. On failure it lets reads already in flight finish, then throws
   // ReadFailure (or IoError); it never returns while a read may still write to a destination.
+  // Once the cancel token asks, it starts no more reads, waits for (or stops) those in flight
+  // and throws Cancelled.
   virtual void run(const std::vector<ReadOp>& ops, const ChunkDone& done) = 0;
   // Bytes the last run read through an asynchronous queue rather than copying inline.
   virtual uint64_t queued_bytes() const { return 0; }
+  // The token that stops runs early (null: none); it must outlive every later run.
+  void set_cancel(const CancelToken* token) { cancel_ = token; }
+  bool cancel_requested() const { return cancel_ && cancel_->requested(); }
+
+ private:
+  const CancelToken* cancel_ = nullptr;
 };
 
 std::unique_ptr<ReadEngine> make_engine(const Source& src, const EngineOptions& opts);
