@@ -45,6 +45,8 @@ void translate(std::exception_ptr p) {
     raise("KeyRequiredError", py::make_tuple(text(e.what())), py::dict());
   } catch (const ts::CryptographyError& e) {
     raise("CryptographyError", py::make_tuple(text(e.what())), py::dict(py::arg("tensor") = optional_text(e.tensor())));
+  } catch (const ts::Cancelled& e) {
+    raise("LoadCancelled", py::make_tuple(text(e.what())), py::dict());
   } catch (const ts::IoError& e) {
     py::tuple args = e.path().empty() ? py::tuple(py::make_tuple(e.code(), text(e.message())))
                                       : py::tuple(py::make_tuple(e.code(), text(e.message()), text(e.path())));

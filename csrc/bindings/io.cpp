@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings.hpp"
+#include "interruptible.hpp"
 #include "tensorstream/features.hpp"
 #include "tensorstream/loader.hpp"
 #include "tensorstream/writer.hpp"
@@ -59,10 +60,17 @@ void register_io(py::module_& m) {
           [](ts::Loader& self, const ts::tz::Index& index,
              const std::vector<std::tuple<size_t, uintptr_t, uint64_t>>& requests, bool verify_hash) {
             auto reqs = to_requests(requests);
-            py::gil_scoped_release nogil;
-            return self.load(index, reqs, verify_hash);
+            struct Resume {  // a Ctrl-C stops this load only: the loader stays usable
+              ts::Loader& loader;
+              ~Resume() { loader.resume(); }
+            } resume{self};
+            return call_interruptible([&] { return self.load(index, reqs, verify_hash); },
+                                      [&] { self.interrupt(); });
           },
           py::arg("index"), py::arg("requests"), py::arg("verify_hash") = false)
+      .def("cancel", &ts::Loader::cancel,
+           "Stop the running load (from any thread) and refuse later ones: they raise LoadCancelled.")
+      .def_property_readonly("cancelled", &ts::Loader::cancelled)
       .def("stats", [](const ts::Loader& self) {
         const auto& s = self.stats();
         py::dict d;

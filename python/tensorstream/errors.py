@@ -15,6 +15,7 @@ __all__ = [
     "NetworkError",
     "AuthenticationError",
     "NotFoundError",
+    "LoadCancelled",
 ]
 
 
@@ -97,3 +98,11 @@ class NotFoundError(NetworkError, FileNotFoundError):
     """The URL or S3 object does not exist (HTTP 404: no such key or bucket). Also a
     :class:`FileNotFoundError`."""
 
+
+class LoadCancelled(TensorstreamError):
+    """A load was stopped before its end: the deserializer was closed from another thread while
+    it loaded (or its core loader was cancelled). Nothing from that load is handed out; by the
+    time this is raised the core has stopped writing and its memory is released.
+
+    Ctrl-C during a load raises :class:`KeyboardInterrupt` as usual, not this.
+    """

@@ -1,0 +1,71 @@
+// Blocking core calls that Ctrl-C can stop: the main thread keeps running Python's signal
+// handlers while the call runs in a helper thread.
+#pragma once
+#include <pybind11/pybind11.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <exception>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <utility>
+
+namespace tsb {
+
+// How often the main thread looks for signals while it waits.
+constexpr std::chrono::milliseconds kSignalPoll{20};
+
+// Whether this is Python's main thread, the only one that runs signal handlers. Needs the GIL.
+inline bool on_main_thread() {
+  pybind11::module_ threading = pybind11::module_::import("threading");
+  return threading.attr("main_thread")().is(threading.attr("current_thread")());
+}
+
+// Returns `work()`, run with the GIL released. On the main thread the work runs in a helper
+// thread while this one checks for signals every kSignalPoll; when a handler raises (Ctrl-C's
+// KeyboardInterrupt), `stop()` is called, the helper is joined (the work must then end quickly)
+// and the handler's exception is raised. Elsewhere the work runs in the calling thread.
+template <typename Work, typename Stop>
+auto call_interruptible(Work&& work, Stop&& stop) -> decltype(work()) {
+  if (!on_main_thread()) {
+    pybind11::gil_scoped_release nogil;
+    return work();
+  }
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false, interrupted = false;
+  std::optional<decltype(work())> result;
+  std::exception_ptr error;
+  {
+    pybind11::gil_scoped_release nogil;
+    std::thread helper([&] {
+      try {
+        result.emplace(work());
+      } catch (...) {
+        error = std::current_exception();
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      done = true;
+      cv.notify_all();
+    });
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        if (cv.wait_for(lock, kSignalPoll, [&] { return done; })) break;
+      }
+      if (interrupted) continue;
+      pybind11::gil_scoped_acquire gil;
+      if (PyErr_CheckSignals() != 0) {  // the handler's exception stays set for this thread
+        interrupted = true;
+        stop();
+      }
+    }
+    helper.join();
+  }
+  if (interrupted) throw pybind11::error_already_set();
+  if (error) std::rethrow_exception(error);
+  return std::move(*result);
+}
+
+}  // namespace tsb
