@@ -144,7 +144,9 @@ def load(
     try:
         module_idx = loader.load(index, requests, verify_hash)
     except BaseException:
-        pool = raws = None  # a traceback the caller keeps holds this frame, not the memory
+        # A traceback the caller keeps holds this frame, not the memory or the loader (a closed
+        # deserializer's file and connections close with it).
+        pool = raws = loader = None
         raise
     out = {r.pos: _typed(raw, r) for r, raw in zip(with_data, raws, strict=True)}
     out.update((r.pos, _empty(r)) for r in records if not r.nbytes)

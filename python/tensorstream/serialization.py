@@ -271,6 +271,10 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     memory region, then releases the file; ``lazy_load=True`` reads each tensor on first access.
     ``plaid_mode`` and ``plaid_mode_buffers`` are accepted for compatibility and ignored;
     ``num_readers`` sets the number of reading threads.
+
+    A deserializer may be shared by threads (loads run one at a time). :meth:`close` from another
+    thread stops a running load, which then raises :class:`~tensorstream.errors.LoadCancelled`;
+    Ctrl-C stops a load run from the main thread. Either way no tensor of that load is handed out.
     """
 
     def __init__(
@@ -293,7 +297,10 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             raise ValueError(f"num_readers must be a positive int or None, not {num_readers!r}")
         self._dtype = dtype
         self._verify_hash = bool(verify_hash)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held for each load, so close() can wait for it to stop
+        self._loading_thread: int | None = None  # the thread running a load, while one runs
+        self._closed = False
+        self._loader: Any = None
         self._cache: dict[_names.Path, torch.Tensor] = {}
         self._module_idx: dict[int, int] = {}  # index position -> module_idx, known once loaded
         self._last_read = -1  # position in self._records of the last tensor read_tensors yielded
@@ -306,12 +313,13 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             self._by_path = {r.path: r for r in self._records}
             self._tree = _names.registry_of([r.path for r in self._records])
             self.total_tensor_bytes = sum(r.nbytes for r in self._records)
-            self._loader: Any = _native.Loader(self._source, threads=num_readers or 0)
+            self._loader = _native.Loader(self._source, threads=num_readers or 0)
             _encryption.apply_to_loader(self._loader, encryption)
             self._backend: str = self._loader.backend
             if not lazy_load:
-                self._fetch(self._records, self._verify_hash, pooled=True)
-                self._release()
+                with self._lock:
+                    self._fetch(self._records, self._verify_hash, pooled=True)
+                    self._release()
         except BaseException:
             self.close()
             raise
@@ -411,8 +419,20 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         return len(plan)
 
     def close(self) -> None:
-        """Release the file. Tensors already loaded stay valid."""
-        self._release()
+        """Release the file. Tensors already loaded stay valid.
+
+        Called from another thread while a load runs, it cancels that load and returns once the
+        core has stopped writing and the load's memory is freed; the loading call raises
+        :class:`~tensorstream.errors.LoadCancelled` and caches nothing.
+        """
+        self._closed = True
+        loader = self._loader
+        if loader is not None:
+            loader.cancel()
+        if self._loading_thread == threading.get_ident():
+            return  # a signal handler on the loading thread: the load ends, then releases
+        with self._lock:
+            self._release()
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
@@ -440,19 +460,27 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             return {p: self._cache[p] for p in paths}
 
     def _fetch(self, records: Sequence[_loading.Record], verify_hash: bool, *, pooled: bool) -> None:
-        if self._loader is None:
+        """Loads ``records`` into the cache; the caller holds ``self._lock``."""
+        if self._loader is None or self._closed:
             raise ValueError("the deserializer is closed; open a new one to load more tensors")
         start = time.perf_counter()
-        loaded, module_idx = _loading.load(self._loader, self._index, records, verify_hash, pooled=pooled)
+        name = self._source.name
+        self._loading_thread = threading.get_ident()
+        try:
+            loaded, module_idx = _loading.load(self._loader, self._index, records, verify_hash, pooled=pooled)
+            stats = self._loader.stats()
+        finally:
+            self._loading_thread = None
+            if self._closed:  # close() came while loading (a LoadCancelled, unless too late)
+                self._release()
         self._module_idx.update(module_idx)
-        stats = self._loader.stats()
         nbytes = int(stats.get("bytes", sum(r.nbytes for r in records)))
         self.total_bytes_read += nbytes
         seconds = time.perf_counter() - start
         logger.info(
             "loaded %d tensors, %.1f MB in %.3f s (%.2f GB/s) from %s with %s%s",
             len(records), nbytes / 1e6, seconds, nbytes / max(seconds, 1e-9) / 1e9,
-            self._source.name, self._backend, ", hashes verified" if verify_hash else "",
+            name, self._backend, ", hashes verified" if verify_hash else "",
         )
         for rec in records:
             self._cache[rec.path] = self._finish(loaded[rec.pos])
