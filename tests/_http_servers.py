@@ -41,7 +41,7 @@ class Fault:
     (send ``after`` body bytes, then close; only ranges longer than that), ``short`` (declare the
     full Content-Length, send half the body, close), ``long`` (``extra`` bytes beyond the range,
     declared in Content-Length), ``stall`` (send the headers, then nothing for ``seconds`` or until
-    the client hangs up), ``ignore_range`` (200 with the whole file, no Accept-Ranges), ``delay``
+    the client hangs up; only ranges longer than ``after`` bytes), ``ignore_range`` (200 with the whole file, no Accept-Ranges), ``delay``
     (wait ``seconds`` before answering normally). ``count``: how many requests it applies to (None:
     all). Body faults and ``delay`` apply to GET only.
     """
@@ -89,7 +89,7 @@ class _File:
         body_fault = fault.kind not in ("fail", "missing")
         if body_fault and method != "GET":
             return None
-        if fault.kind == "drop" and length <= fault.after:
+        if fault.kind in ("drop", "stall") and length <= fault.after:
             return None
         if self.left is not None:
             self.left -= 1
