@@ -302,16 +302,17 @@ def test_close_from_another_thread_cancels_a_stalled_http_load(lazy, http_model,
     assert_released(before)
 
 
-@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
-def test_close_from_another_thread_cancels_a_local_load(lazy, engine, big_file):
+@pytest.mark.parametrize("lazy,verify", [(False, False), (True, False), (False, True)],
+                         ids=["eager", "lazy", "eager-verify_hash"])
+def test_close_from_another_thread_cancels_a_local_load(lazy, verify, engine, big_file):
     path, want = big_file
     _warm_up(path)
     before = usage()
     for _ in range(TRIES):
         Published.opened.clear()
         start_rss = rss()
-        d = TensorDeserializer(path, lazy_load=True) if lazy else None
-        load = Loading((lambda: d["big"]) if lazy else (lambda: Published(path)))
+        d = TensorDeserializer(path, lazy_load=True, verify_hash=verify) if lazy else None
+        load = Loading((lambda: d["big"]) if lazy else (lambda: Published(path, verify_hash=verify)))
         load.start()
         if not lazy:
             assert wait_for(lambda: bool(Published.opened) or not load.is_alive())
