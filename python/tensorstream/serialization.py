@@ -297,7 +297,9 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             raise ValueError(f"num_readers must be a positive int or None, not {num_readers!r}")
         self._dtype = dtype
         self._verify_hash = bool(verify_hash)
-        self._lock = threading.Lock()  # held for each load, so close() can wait for it to stop
+        # Held for each load, so close() can wait for it to stop; reentrant, so a close() from a
+        # signal handler on a thread that holds it does not deadlock.
+        self._lock = threading.RLock()
         self._loading_thread: int | None = None  # the thread running a load, while one runs
         self._closed = False
         self._loader: Any = None
