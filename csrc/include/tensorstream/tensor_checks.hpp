@@ -1,0 +1,45 @@
+// What every load does before and after moving data, whatever the destination: validating the
+// requests, reading and checking the per-tensor headers, resolving keys, and comparing hashes.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tensorstream/crypto.hpp"
+#include "tensorstream/format/tensorizer.hpp"
+#include "tensorstream/hash.hpp"
+#include "tensorstream/io/engine.hpp"
+#include "tensorstream/io/source.hpp"
+#include "tensorstream/loader.hpp"
+
+namespace ts {
+
+// One tensor's parsed header, a hasher already fed with the header (with verify_hash), and the
+// key of an encrypted tensor with data.
+struct TensorCheck {
+  tz::TensorHeader header;
+  std::unique_ptr<TensorHasher> hasher;
+  const crypto::SecretKey* key = nullptr;
+};
+
+// std::invalid_argument for a request naming no entry, a wrong size or a null destination.
+void check_requests(const tz::Index& index, const std::vector<LoadRequest>& reqs);
+// KeyRequiredError / CryptographyError when the key and the file's encryption disagree.
+void check_encryption(bool encrypted, const crypto::KeySource& keys, const std::string& file);
+
+// Reads every request's per-tensor header (in batches of bounded scratch), parses and checks it
+// against its index entry; with `verify`, feeds it to the tensor's hasher (and checks tensors
+// without data at once). `reads` is increased by the reads issued.
+std::vector<TensorCheck> read_headers(ReadEngine& engine, const Source& src, const tz::Index& index,
+                                      const std::vector<LoadRequest>& reqs, bool verify, crypto::KeySource& keys,
+                                      uint64_t& reads);
+
+// Throws HashMismatchError naming `name` if the hasher disagrees with the stored hashes.
+void finish_check(TensorCheck& c, const std::string& name);
+
+// A failed read as the error a user sees: FormatError if the source ended early, else IoError.
+[[noreturn]] void rethrow_read(const ReadFailure& f, const std::string& tensor, const Source& src,
+                               const char* what);
+
+}  // namespace ts
