@@ -7,5 +7,6 @@ void register_errors(pybind11::module_& m);
 void register_format(pybind11::module_& m);
 void register_io(pybind11::module_& m);
 void register_net(pybind11::module_& m);  // after register_format and register_io
-void register_crypto(pybind11::module_& m);  // after register_io: adds methods to Loader and Writer
+void register_device(pybind11::module_& m);  // after register_format
+void register_crypto(pybind11::module_& m);  // after register_io and register_device: adds methods
 }  // namespace tsb

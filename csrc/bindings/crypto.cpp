@@ -1,4 +1,4 @@
-// Keys in and out of the core: derive_key(), Loader.set_decryption(), Writer.set_encryption().
+// Keys in and out of the core: derive_key(), (Device)Loader.set_decryption(), Writer.set_encryption().
 // Secret bytes are copied straight from the Python bytes object and wiped after use here.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -9,6 +9,7 @@
 
 #include "bindings.hpp"
 #include "tensorstream/crypto.hpp"
+#include "tensorstream/device/device_loader.hpp"
 #include "tensorstream/loader.hpp"
 #include "tensorstream/writer.hpp"
 
@@ -48,6 +49,21 @@ ts::crypto::PwHash pwhash_from(const py::bytes& salt, uint64_t opslimit, uint64_
   return p;
 }
 
+// Loader.set_decryption / DeviceLoader.set_decryption.
+template <typename L>
+void add_set_decryption(py::class_<L> cls) {
+  cls.def(
+      "set_decryption",
+      [](L& self, std::optional<py::bytes> key, std::optional<py::bytes> passphrase) {
+        if (key && passphrase) throw std::invalid_argument("give a key or a passphrase, not both");
+        if (key) self.keys().set_key(SecretString(*key).s);
+        else if (passphrase) self.keys().set_passphrase(SecretString(*passphrase).s);
+        else self.keys().clear();
+      },
+      py::arg("key") = py::none(), py::arg("passphrase") = py::none(),
+      "Key (32 bytes) or passphrase for encrypted files; neither: forget them.");
+}
+
 }  // namespace
 
 void register_crypto(py::module_& m) {
@@ -66,17 +82,8 @@ void register_crypto(py::module_& m) {
       py::arg("passphrase"), py::arg("salt"), py::arg("opslimit"), py::arg("memlimit"),
       "Argon2id v1.3 key (32 bytes) from a passphrase, as tensorizer's EncryptionParams.from_string derives it.");
 
-  auto loader = py::reinterpret_borrow<py::class_<ts::Loader>>(m.attr("Loader"));
-  loader.def(
-      "set_decryption",
-      [](ts::Loader& self, std::optional<py::bytes> key, std::optional<py::bytes> passphrase) {
-        if (key && passphrase) throw std::invalid_argument("give a key or a passphrase, not both");
-        if (key) self.keys().set_key(SecretString(*key).s);
-        else if (passphrase) self.keys().set_passphrase(SecretString(*passphrase).s);
-        else self.keys().clear();
-      },
-      py::arg("key") = py::none(), py::arg("passphrase") = py::none(),
-      "Key (32 bytes) or passphrase for encrypted files; neither: forget them.");
+  add_set_decryption(py::reinterpret_borrow<py::class_<ts::Loader>>(m.attr("Loader")));
+  add_set_decryption(py::reinterpret_borrow<py::class_<ts::DeviceLoader>>(m.attr("DeviceLoader")));
 
   auto writer = py::reinterpret_borrow<py::class_<ts::Writer>>(m.attr("Writer"));
   writer.def(

@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "bindings.hpp"
+#include "tensorstream/cuda/driver.hpp"
 #include "tensorstream/errors.hpp"
 
 namespace py = pybind11;
@@ -24,6 +25,10 @@ void raise(const char* cls_name, py::tuple args, py::dict kwargs) {
   py::object cls = py::module_::import("tensorstream.errors").attr(cls_name);
   py::object inst = cls(*args, **kwargs);
   PyErr_SetObject(cls.ptr(), inst.ptr());
+}
+
+py::object cuda_code(const ts::cuda::CudaError& e) {
+  return e.code() ? py::object(py::int_(e.code())) : py::object(py::none());
 }
 
 void translate(std::exception_ptr p) {
@@ -51,6 +56,10 @@ void translate(std::exception_ptr p) {
     py::tuple args = e.path().empty() ? py::tuple(py::make_tuple(e.code(), text(e.message())))
                                       : py::tuple(py::make_tuple(e.code(), text(e.message()), text(e.path())));
     PyErr_SetObject(PyExc_OSError, args.ptr());
+  } catch (const ts::cuda::CudaUnavailableError& e) {
+    raise("CudaUnavailableError", py::make_tuple(text(e.what())), py::dict(py::arg("code") = cuda_code(e)));
+  } catch (const ts::cuda::CudaError& e) {
+    raise("CudaError", py::make_tuple(text(e.what())), py::dict(py::arg("code") = cuda_code(e)));
   } catch (const std::length_error& e) {
     PyErr_SetString(PyExc_ValueError, e.what());
   }

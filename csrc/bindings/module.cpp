@@ -6,5 +6,6 @@ PYBIND11_MODULE(_core, m) {
   tsb::register_format(m);
   tsb::register_io(m);
   tsb::register_net(m);
+  tsb::register_device(m);
   tsb::register_crypto(m);
 }

@@ -8,13 +8,17 @@ DeviceLike = str | int | torch.device | None
 
 
 def resolve(device: DeviceLike) -> torch.device:
-    """The target device for loading; only the CPU is available for now."""
+    """The target device for loading: the CPU, or a CUDA device with its index.
+
+    ``"cuda"`` without an index means torch's current device (device 0 where torch has no CUDA:
+    the loader then says why CUDA cannot be used). An int ``N`` means ``cuda:N``, as in torch.
+    """
     target = torch.device("cpu") if device is None else torch.device(device)
     if target.type == "cpu":
         return target
     if target.type == "cuda":
-        raise NotImplementedError(
-            f"loading straight to {target} is not available yet; "
-            "load with device='cpu' and move the tensors with .to()"
-        )
+        if target.index is None:
+            current = torch.cuda.current_device() if torch.cuda.is_available() else 0
+            target = torch.device("cuda", current)
+        return target
     raise ValueError(f"cannot load tensors to device {target}")

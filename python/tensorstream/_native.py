@@ -22,6 +22,8 @@ SigV4Signer = getattr(_core, "SigV4Signer", None)
 MultipartUpload = getattr(_core, "MultipartUpload", None)
 multipart_writer = getattr(_core, "multipart_writer", None)
 Loader = _core.Loader
+DeviceLoader = _core.DeviceLoader
+cuda_driver = _core.cuda_driver
 Writer = _core.Writer
 read_index = _core.read_index
 derive_key = _core.derive_key
@@ -35,6 +37,8 @@ __all__ = [
     "MultipartUpload",
     "multipart_writer",
     "Loader",
+    "DeviceLoader",
+    "cuda_driver",
     "Writer",
     "read_index",
     "derive_key",

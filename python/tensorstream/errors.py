@@ -16,6 +16,8 @@ __all__ = [
     "AuthenticationError",
     "NotFoundError",
     "LoadCancelled",
+    "CudaError",
+    "CudaUnavailableError",
 ]
 
 
@@ -106,3 +108,22 @@ class LoadCancelled(TensorstreamError):
 
     Ctrl-C during a load raises :class:`KeyboardInterrupt` as usual, not this.
     """
+
+
+class CudaError(TensorstreamError, RuntimeError):
+    """A CUDA driver call failed while loading to a GPU.
+
+    ``code`` is the driver's result code (``CUresult``), or None when the failure is not one.
+    """
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.code))
+
+
+class CudaUnavailableError(CudaError):
+    """Loading to a GPU was asked for, but CUDA cannot be used here: no NVIDIA driver
+    (``libcuda.so.1``), no such device, or a driver that fails to start. The message says which."""

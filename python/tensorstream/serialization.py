@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy
 import torch
 
-from . import _assign, _device, _dtypes, _loading, _names, _native, _sources
+from . import _assign, _device, _dtypes, _loading, _names, _native, _ring, _sources
 from . import encryption as _encryption
 from .encryption import DecryptionParams, EncryptionParams
 
@@ -275,6 +275,10 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     A deserializer may be shared by threads (loads run one at a time). :meth:`close` from another
     thread stops a running load, which then raises :class:`~tensorstream.errors.LoadCancelled`;
     Ctrl-C stops a load run from the main thread. Either way no tensor of that load is handed out.
+
+    ``device="cuda"`` (``"cuda:N"``, a ``torch.device``) loads straight to the GPU through a
+    ring of pinned host memory (``TENSORSTREAM_RING_MB``, default 256 MiB): host memory stays
+    at the ring's size whatever the model's size. ``dtype`` casts run on the GPU.
     """
 
     def __init__(
@@ -315,7 +319,12 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             self._by_path = {r.path: r for r in self._records}
             self._tree = _names.registry_of([r.path for r in self._records])
             self.total_tensor_bytes = sum(r.nbytes for r in self._records)
-            self._loader = _native.Loader(self._source, threads=num_readers or 0)
+            if _ring.wanted(self._device):
+                self._loader = _ring.RingLoader(self._source, self._device, threads=num_readers or 0)
+                self._load = _ring.load
+            else:
+                self._loader = _native.Loader(self._source, threads=num_readers or 0)
+                self._load = _loading.load
             _encryption.apply_to_loader(self._loader, encryption)
             self._backend: str = self._loader.backend
             if not lazy_load:
@@ -469,7 +478,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         name = self._source.name
         self._loading_thread = threading.get_ident()
         try:
-            loaded, module_idx = _loading.load(self._loader, self._index, records, verify_hash, pooled=pooled)
+            loaded, module_idx = self._load(self._loader, self._index, records, verify_hash, pooled=pooled)
             stats = self._loader.stats()
         finally:
             self._loading_thread = None

@@ -1,0 +1,99 @@
+// DeviceLoader (the pinned ring pipeline) and cuda_driver(). Every blocking call releases the GIL.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "bindings.hpp"
+#include "tensorstream/cuda/copier.hpp"
+#include "tensorstream/cuda/driver.hpp"
+#include "tensorstream/device/device_loader.hpp"
+
+namespace py = pybind11;
+
+namespace tsb {
+
+namespace {
+
+using Request = std::tuple<size_t, uintptr_t, uint64_t>;
+
+std::unique_ptr<ts::DeviceLoader> make_loader(std::shared_ptr<ts::Source> src, int device, const std::string& copier,
+                                              const ts::RingOptions& ring_in, const ts::EngineOptions& engine,
+                                              const ts::HostCopierOptions& host) {
+  py::gil_scoped_release nogil;  // the driver may take a while to start
+  const ts::RingOptions ring = ring_in.resolved();
+  auto c = ts::make_copier(copier, device, ring.streams, ring.slots, host);
+  return std::make_unique<ts::DeviceLoader>(std::move(src), engine, ring, std::move(c));
+}
+
+py::dict stats_dict(const ts::DeviceLoadStats& s) {
+  py::dict d;
+  d["bytes"] = s.bytes;
+  d["reads"] = s.reads;
+  d["turns"] = s.turns;
+  d["copies"] = s.copies;
+  d["slot_turns"] = s.slot_turns;
+  d["ring_bytes"] = s.ring_bytes;
+  d["header_seconds"] = s.header_seconds;
+  d["data_seconds"] = s.data_seconds;
+  d["alloc_seconds"] = s.alloc_seconds;
+  d["slot_wait_seconds"] = s.slot_wait_seconds;
+  return d;
+}
+
+}  // namespace
+
+void register_device(py::module_& m) {
+  py::class_<ts::DeviceLoader>(m, "DeviceLoader")
+      .def(py::init([](std::shared_ptr<ts::Source> src, int device, const std::string& copier, uint64_t ring_bytes,
+                       unsigned slots, uint64_t slot_bytes, unsigned streams, unsigned lanes,
+                       const std::string& backend, unsigned threads, size_t chunk_bytes, unsigned queue_depth,
+                       unsigned copy_delay_us, uint64_t fail_copy_at, bool discard, bool background) {
+             if (device < 0) throw std::invalid_argument("device must be a CUDA ordinal >= 0");
+             ts::RingOptions ring{ring_bytes, slots, slot_bytes, streams, lanes};
+             ts::EngineOptions engine{backend, threads, chunk_bytes, queue_depth};
+             ts::HostCopierOptions host{background, copy_delay_us, fail_copy_at, discard};
+             return make_loader(std::move(src), device, copier, ring, engine, host);
+           }),
+           py::arg("source"), py::arg("device") = 0, py::arg("copier") = "cuda", py::arg("ring_bytes") = 0,
+           py::arg("slots") = 0, py::arg("slot_bytes") = 0, py::arg("streams") = 0, py::arg("lanes") = 0,
+           py::arg("backend") = "auto", py::arg("threads") = 0, py::arg("chunk_bytes") = 0,
+           py::arg("queue_depth") = 0, py::arg("copy_delay_us") = 0, py::arg("fail_copy_at") = 0,
+           py::arg("discard") = false, py::arg("background") = true)
+      .def_property_readonly("backend", &ts::DeviceLoader::backend)
+      .def_property_readonly("copier", [](const ts::DeviceLoader& self) { return self.copier().name(); })
+      .def_property_readonly("ring_bytes", [](const ts::DeviceLoader& self) { return self.ring().ring_bytes; })
+      .def_property_readonly("slot_bytes", [](const ts::DeviceLoader& self) { return self.ring().slot_bytes; })
+      .def_property_readonly("slots", [](const ts::DeviceLoader& self) { return self.ring().slots; })
+      .def_property_readonly("streams", [](const ts::DeviceLoader& self) { return self.ring().streams; })
+      .def_property_readonly("lanes", [](const ts::DeviceLoader& self) { return self.ring().lanes; })
+      .def(
+          "load",
+          [](ts::DeviceLoader& self, const ts::tz::Index& index, const std::vector<Request>& requests,
+             bool verify_hash) {
+            std::vector<ts::LoadRequest> reqs;
+            reqs.reserve(requests.size());
+            for (const auto& [entry, addr, nbytes] : requests)
+              reqs.push_back(ts::LoadRequest{entry, reinterpret_cast<uint8_t*>(addr), nbytes});
+            py::gil_scoped_release nogil;
+            return self.load(index, reqs, verify_hash);
+          },
+          py::arg("index"), py::arg("requests"), py::arg("verify_hash") = false)
+      .def("cancel", &ts::DeviceLoader::cancel, py::call_guard<py::gil_scoped_release>(),
+           "Stop the load in progress (it raises) and refuse later ones.")
+      .def("stats", [](const ts::DeviceLoader& self) { return stats_dict(self.stats()); });
+
+  m.def("cuda_driver", [] {
+    ts::cuda::DriverInfo info;
+    {
+      py::gil_scoped_release nogil;
+      info = ts::cuda::driver_info();
+    }
+    py::dict d;
+    d["available"] = info.available;
+    d["error"] = info.error;
+    d["driver_version"] = info.driver_version;
+    d["devices"] = info.devices;
+    return d;
+  });
+}
+
+}  // namespace tsb

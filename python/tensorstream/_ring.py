@@ -1,0 +1,131 @@
+"""Loading to a GPU through the core's pinned ring (``_core.DeviceLoader``).
+
+Destinations are allocated by torch on the device (an eager load gets one block, a lazy one a
+block per tensor); their addresses go to the core, which reads the file through a small ring of
+pinned host slots and copies each full slot to the device. Host memory stays at the ring's size
+whatever the model's size.
+
+``TENSORSTREAM_DEVICE_STANDIN`` (for tests and dry runs without a GPU) sends CPU loads through the
+same pipeline with the core's host stand-in for the device copy: ``host``, optionally followed
+by comma-separated ``key=value`` knobs of the stand-in (``delay_us``, ``fail_copy_at``,
+``background``), e.g. ``host,delay_us=200``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from . import _loading, _native
+from .errors import CudaUnavailableError
+
+STANDIN_ENV = "TENSORSTREAM_DEVICE_STANDIN"
+ALIGN = 256  # destination alignment inside an eager load's block
+_KNOBS = {"delay_us": "copy_delay_us", "fail_copy_at": "fail_copy_at", "background": "background"}
+
+
+def standin() -> dict[str, Any] | None:
+    """The host stand-in's options from the environment, or None when it is not asked for."""
+    raw = os.environ.get(STANDIN_ENV, "").strip()
+    if not raw:
+        return None
+    kind, *knobs = [part.strip() for part in raw.split(",")]
+    if kind != "host":
+        raise ValueError(f"{STANDIN_ENV} must start with 'host', not {kind!r}")
+    options: dict[str, Any] = {}
+    for knob in knobs:
+        key, sep, value = knob.partition("=")
+        if not sep or key not in _KNOBS or not value.isdigit():
+            raise ValueError(f"{STANDIN_ENV}: bad option {knob!r} (known: {', '.join(_KNOBS)}, integer values)")
+        options[_KNOBS[key]] = bool(int(value)) if key == "background" else int(value)
+    return options
+
+
+def wanted(device: torch.device) -> bool:
+    """Whether loads to ``device`` go through the ring (always for CUDA; CPU only for the stand-in)."""
+    return device.type == "cuda" or standin() is not None
+
+
+class RingLoader:
+    """A ``_core.DeviceLoader`` for one device; ``load`` below fills it."""
+
+    def __init__(self, source: Any, device: torch.device, *, threads: int = 0, ring_bytes: int | None = None):
+        if ring_bytes is not None and (not isinstance(ring_bytes, int) or ring_bytes <= 0):
+            raise ValueError(f"ring_bytes must be a positive int or None, not {ring_bytes!r}")
+        self.device = device
+        common = {"threads": threads, "ring_bytes": ring_bytes or 0}
+        if device.type == "cuda":
+            self.core = _native.DeviceLoader(source, device=device.index or 0, copier="cuda", **common)
+            _check_torch(device)
+        else:
+            self.core = _native.DeviceLoader(source, copier="host", **common, **(standin() or {}))
+
+    @property
+    def backend(self) -> str:
+        return self.core.backend
+
+    def set_decryption(self, **kwargs: Any) -> None:
+        self.core.set_decryption(**kwargs)
+
+    def stats(self) -> dict[str, Any]:
+        return self.core.stats()
+
+    def cancel(self) -> None:
+        self.core.cancel()
+
+
+def _check_torch(device: torch.device) -> None:
+    """The driver works; torch must see the device too, since it allocates the destinations."""
+    if not torch.backends.cuda.is_built():
+        raise CudaUnavailableError(f"torch {torch.__version__} is built without CUDA: it cannot hold tensors on {device}")
+    count = torch.cuda.device_count()
+    if (device.index or 0) >= count:
+        raise CudaUnavailableError(f"torch sees {count} CUDA device(s): there is no {device}")
+
+
+def _layout(records: Sequence[_loading.Record]) -> tuple[list[int], int]:
+    offsets, end = [], 0
+    for rec in records:
+        start = -(-end // ALIGN) * ALIGN
+        offsets.append(start)
+        end = start + rec.nbytes
+    return offsets, end
+
+
+def _empty(rec: _loading.Record, device: torch.device) -> torch.Tensor:
+    """Meta tensors load as zeros; zero-element tensors as empty tensors."""
+    if rec.is_meta:
+        return torch.zeros(rec.shape, dtype=rec.dtype, device=device)
+    return torch.empty(rec.shape, dtype=rec.dtype, device=device)
+
+
+def load(
+    loader: RingLoader, index: Any, records: Sequence[_loading.Record], verify_hash: bool, *, pooled: bool
+) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
+    """As :func:`_loading.load`, onto ``loader.device``: ``{pos: tensor}`` and ``{pos: module_idx}``."""
+    device = loader.device
+    with_data = [r for r in records if r.nbytes]
+    if pooled:
+        offsets, size = _layout(with_data)
+        block = torch.empty(size, dtype=torch.uint8, device=device) if size else None
+        raws = [block[off : off + r.nbytes] for off, r in zip(offsets, with_data, strict=True)]
+    else:
+        raws = [torch.empty(r.nbytes, dtype=torch.uint8, device=device) for r in with_data]
+    if device.type == "cuda":
+        # The allocator may hand out memory that kernels queued on torch's stream still use;
+        # the core copies on its own streams, so let those finish first.
+        torch.cuda.current_stream(device).synchronize()
+    requests = [(r.pos, raw.data_ptr(), r.nbytes) for r, raw in zip(with_data, raws, strict=True)]
+    requests += [(r.pos, 0, 0) for r in records if not r.nbytes]
+    requests.sort()
+    try:
+        module_idx = loader.core.load(index, requests, verify_hash)
+    except BaseException:
+        block = raws = None  # a traceback the caller keeps holds this frame, not the memory
+        raise
+    out = {r.pos: raw.view(r.dtype).view(r.shape) for r, raw in zip(with_data, raws, strict=True)}
+    out.update((r.pos, _empty(r, device)) for r in records if not r.nbytes)
+    return out, {pos: idx for (pos, _, _), idx in zip(requests, module_idx, strict=True)}
