@@ -18,6 +18,8 @@ from ._native import core_features as _core_features
 from .errors import (
     AuthenticationError,
     CryptographyError,
+    CudaError,
+    CudaUnavailableError,
     FormatError,
     HashMismatchError,
     KeyRequiredError,
@@ -49,6 +51,8 @@ __all__ = [
     "NetworkError",
     "AuthenticationError",
     "NotFoundError",
+    "CudaError",
+    "CudaUnavailableError",
     "save",
     "load",
     "load_module",

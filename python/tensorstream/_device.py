@@ -13,7 +13,12 @@ def resolve(device: DeviceLike) -> torch.device:
     ``"cuda"`` without an index means torch's current device (device 0 where torch has no CUDA:
     the loader then says why CUDA cannot be used). An int ``N`` means ``cuda:N``, as in torch.
     """
-    target = torch.device("cpu") if device is None else torch.device(device)
+    if device is None:
+        target = torch.device("cpu")
+    elif isinstance(device, int) and not isinstance(device, bool):
+        target = torch.device("cuda", device)  # torch.device(N) fails where torch has no CUDA
+    else:
+        target = torch.device(device)
     if target.type == "cpu":
         return target
     if target.type == "cuda":

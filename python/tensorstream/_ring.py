@@ -52,16 +52,19 @@ def wanted(device: torch.device) -> bool:
 class RingLoader:
     """A ``_core.DeviceLoader`` for one device; ``load`` below fills it."""
 
-    def __init__(self, source: Any, device: torch.device, *, threads: int = 0, ring_bytes: int | None = None):
+    def __init__(
+        self, source: Any, device: torch.device, *, threads: int = 0, ring_bytes: int | None = None, **core: Any
+    ):
+        """``core``: further ``_core.DeviceLoader`` settings (slots, lanes, the stand-in's knobs)."""
         if ring_bytes is not None and (not isinstance(ring_bytes, int) or ring_bytes <= 0):
             raise ValueError(f"ring_bytes must be a positive int or None, not {ring_bytes!r}")
         self.device = device
-        common = {"threads": threads, "ring_bytes": ring_bytes or 0}
+        core.update(threads=threads, ring_bytes=ring_bytes or 0)
         if device.type == "cuda":
-            self.core = _native.DeviceLoader(source, device=device.index or 0, copier="cuda", **common)
+            self.core = _native.DeviceLoader(source, device=device.index or 0, copier="cuda", **core)
             _check_torch(device)
         else:
-            self.core = _native.DeviceLoader(source, copier="host", **common, **(standin() or {}))
+            self.core = _native.DeviceLoader(source, copier="host", **{**(standin() or {}), **core})
 
     @property
     def backend(self) -> str:
@@ -124,7 +127,8 @@ def load(
     try:
         module_idx = loader.core.load(index, requests, verify_hash)
     except BaseException:
-        block = raws = None  # a traceback the caller keeps holds this frame, not the memory
+        # A traceback the caller keeps holds this frame, not the memory or the loader.
+        block = raws = loader = None
         raise
     out = {r.pos: raw.view(r.dtype).view(r.shape) for r, raw in zip(with_data, raws, strict=True)}
     out.update((r.pos, _empty(r, device)) for r in records if not r.nbytes)
