@@ -366,7 +366,10 @@ def test_cuda_errors_pickle():
 @pytest.fixture
 def gpu():
     if not _cuda_usable():
-        pytest.skip(f"no usable CUDA GPU: {_core.cuda_driver()['error'] or 'torch sees no CUDA device'}")
+        why = f"no usable CUDA GPU: {_core.cuda_driver()['error'] or 'torch sees no CUDA device'}"
+        if os.environ.get("TENSORSTREAM_TEST_REQUIRE_CUDA") == "1":  # the GPU check: a skip is a failure
+            pytest.fail(why)
+        pytest.skip(why)
     return torch.device("cuda", torch.cuda.current_device())
 
 
