@@ -244,6 +244,18 @@ def test_closing_while_loading_stops_the_load(model, standin):
     assert _threads() == threads  # the loader's copy thread went with it
 
 
+@pytest.mark.parametrize("lanes", ["1", "2"])
+def test_http_sources_fill_the_ring_too(model, nginx, standin, monkeypatch, lanes):
+    path, sd = model
+    served = nginx.root / "ring-model.tensors"
+    served.write_bytes(path.read_bytes())
+    monkeypatch.setenv("TENSORSTREAM_RING_LANES", lanes)
+    standin("host,delay_us=20", ring_mb=1)
+    with TensorDeserializer(nginx.url(served.name), verify_hash=True) as loaded:
+        assert loaded.io_backend == "http"
+        _check(loaded, sd)
+
+
 def test_lazy_loads_and_dtype_on_the_ring_path(model, standin):
     path, sd = model
     standin("host", ring_mb=1)
