@@ -29,6 +29,7 @@ from tensorstream import (
     _core,
     _loading,
     _ring,
+    _staging,
 )
 from tensorstream.errors import FormatError
 
@@ -363,6 +364,16 @@ def test_a_library_without_the_driver_api_is_refused_by_name(tmp_path):
     assert "no cuInit" in proc.stdout
 
 
+@needs_no_gpu
+def test_saving_stages_through_ordinary_memory_without_a_driver(tmp_path):
+    with pytest.raises(CudaUnavailableError):
+        _core.PinnedBuffer(1 << 20)
+    stager = _staging.Stager(1 << 20)
+    strided = torch.arange(12, dtype=torch.float32).reshape(3, 4).t()
+    copy = stager.copy(strided)
+    assert copy.is_contiguous() and torch.equal(copy, strided) and stager.pinned_copies == 0
+
+
 def test_cuda_errors_pickle():
     import pickle
 
@@ -451,6 +462,31 @@ def test_cuda_saving_from_the_gpu_round_trips(tmp_path, gpu):
     with TensorDeserializer(path, device=gpu) as loaded:
         for name, want in sd.items():
             assert loaded[name].device == gpu and raw_bytes(loaded[name]) == raw_bytes(want)
+
+
+@pytest.mark.cuda
+def test_cuda_saving_reuses_one_pinned_buffer_batch_after_batch(tmp_path, gpu, monkeypatch):
+    from tensorstream import serialization
+
+    made = []
+
+    class Recording(_staging.Stager):
+        def __init__(self, capacity):
+            super().__init__(capacity)
+            made.append(self)
+
+    monkeypatch.setattr(serialization, "_STAGING_BYTES", 1 << 20)
+    monkeypatch.setattr(_staging, "Stager", Recording)
+    sd = {f"t{i}": random_tensor((100_000 + i,), torch.float32, i).to(gpu) for i in range(12)}
+    sd["conj"] = torch.randn(1000, dtype=torch.complex64, device=gpu).conj()
+    sd["strided"] = torch.randn(300, 200, device=gpu).t()
+    sd["huge"] = random_tensor((700_000,), torch.float32, 99).to(gpu)  # larger than the buffer
+    path = tmp_path / "staged.tensors"
+    tensorstream.save(sd, path)
+    assert len(made) == 1 and made[0].pinned_copies >= 13 and made[0].capacity == 1 << 20
+    with TensorDeserializer(path) as loaded:
+        for name, want in sd.items():
+            assert raw_bytes(loaded[name]) == raw_bytes(want.resolve_conj()), name
 
 
 CUDA_PEAK_SCRIPT = textwrap.dedent(

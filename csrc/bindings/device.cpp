@@ -1,4 +1,5 @@
-// DeviceLoader (the pinned ring pipeline) and cuda_driver(). Every blocking call releases the GIL.
+// DeviceLoader (the pinned ring pipeline), PinnedBuffer and cuda_driver(). Every blocking call releases
+// the GIL.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -38,6 +39,33 @@ py::dict stats_dict(const ts::DeviceLoadStats& s) {
   d["slot_wait_seconds"] = s.slot_wait_seconds;
   return d;
 }
+
+// Page-locked host memory from the driver (portable: pinned for every context), freed when the
+// Python object goes away. Exposes the buffer protocol (torch.frombuffer keeps it alive).
+class PinnedBuffer {
+ public:
+  PinnedBuffer(int device, size_t bytes) : ctx_(device), bytes_(bytes) {
+    ts::cuda::ScopedContext scope(ctx_);
+    ts::cuda::check(ts::cuda::driver().MemHostAlloc(&data_, bytes ? bytes : 1, ts::cuda::kMemHostAllocPortable),
+                    "cuMemHostAlloc (staging buffer)");
+  }
+  ~PinnedBuffer() {
+    try {
+      ts::cuda::ScopedContext scope(ctx_);
+      ts::cuda::driver().MemFreeHost(data_);
+    } catch (...) {
+    }
+  }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  void* data() const { return data_; }
+  size_t size() const { return bytes_; }
+
+ private:
+  ts::cuda::PrimaryContext ctx_;
+  size_t bytes_;
+  void* data_ = nullptr;
+};
 
 }  // namespace
 
@@ -80,6 +108,18 @@ void register_device(py::module_& m) {
       .def("cancel", &ts::DeviceLoader::cancel, py::call_guard<py::gil_scoped_release>(),
            "Stop the load in progress (it raises) and refuse later ones.")
       .def("stats", [](const ts::DeviceLoader& self) { return stats_dict(self.stats()); });
+
+  py::class_<PinnedBuffer>(m, "PinnedBuffer", py::buffer_protocol())
+      .def(py::init([](size_t bytes, int device) {
+             py::gil_scoped_release nogil;
+             return std::make_unique<PinnedBuffer>(device, bytes);
+           }),
+           py::arg("bytes"), py::arg("device") = 0)
+      .def_property_readonly("size", &PinnedBuffer::size)
+      .def_buffer([](PinnedBuffer& b) {
+        return py::buffer_info(b.data(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(b.size())}, {1});
+      });
 
   m.def("cuda_driver", [] {
     ts::cuda::DriverInfo info;

@@ -23,6 +23,7 @@ MultipartUpload = getattr(_core, "MultipartUpload", None)
 multipart_writer = getattr(_core, "multipart_writer", None)
 Loader = _core.Loader
 DeviceLoader = _core.DeviceLoader
+PinnedBuffer = _core.PinnedBuffer
 cuda_driver = _core.cuda_driver
 Writer = _core.Writer
 read_index = _core.read_index
@@ -38,6 +39,7 @@ __all__ = [
     "multipart_writer",
     "Loader",
     "DeviceLoader",
+    "PinnedBuffer",
     "cuda_driver",
     "Writer",
     "read_index",

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy
 import torch
 
-from . import _assign, _device, _dtypes, _loading, _names, _native, _ring, _sources
+from . import _assign, _device, _dtypes, _loading, _names, _native, _ring, _sources, _staging
 from . import encryption as _encryption
 from .encryption import DecryptionParams, EncryptionParams
 
@@ -26,7 +26,8 @@ logger = logging.getLogger("tensorstream")
 FilterFunc = Callable[[str | Sequence[str | int]], bool]
 
 # Tensors that need a host copy before writing (GPU, non-contiguous) are staged in batches of
-# about this many bytes, so that saving never holds a second copy of the whole model.
+# about this many bytes, so that saving never holds a second copy of the whole model; GPU tensors
+# go through one pinned buffer of this size (see _staging).
 _STAGING_BYTES = 512 << 20
 
 
@@ -145,12 +146,17 @@ class TensorSerializer:
         self._register([p.path for p in pending])
         batch: list[tuple[_Pending, torch.Tensor]] = []
         staged = 0
+        on_gpu = sum(p.nbytes for p in pending if p.copy and p.tensor.device.type == "cuda")
+        stager = _staging.Stager(min(_STAGING_BYTES, on_gpu))  # pinned, reused batch after batch
         for p in pending:
             if p.copy and staged and staged + p.nbytes > _STAGING_BYTES:
+                stager.ready()
                 self._flush(batch)
+                stager.reset()
                 staged = 0
-            batch.append((p, _host_copy(p.tensor) if p.copy else p.tensor))
+            batch.append((p, stager.copy(p.tensor) if p.copy else p.tensor))
             staged += p.nbytes if p.copy else 0
+        stager.ready()
         self._flush(batch)
 
     def _flush(self, batch: list[tuple[_Pending, torch.Tensor]]) -> None:
@@ -244,11 +250,6 @@ def _as_tensor(obj: Any, name: Any) -> torch.Tensor:
     if obj.layout != torch.strided:
         raise ValueError(f"tensor {name!r}: only dense tensors can be serialized, not {obj.layout}")
     return obj.detach()
-
-
-def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
-    """A contiguous CPU copy with conjugate / negative views resolved."""
-    return tensor.resolve_conj().resolve_neg().to("cpu").contiguous()
 
 
 def _copy_tree(tree: dict[Any, Any]) -> dict[Any, Any]:
