@@ -79,7 +79,7 @@ def _loader(method: str, device):
     """The method's load(path) -> (name -> tensor, notes); imports happen here, before timing."""
     import torch
 
-    if method.startswith("tensorstream") or method.startswith("ts-ring"):
+    if method == "tensorstream" or (method.startswith("ts-") and method != "ts-read"):
         import tensorstream
         from tensorstream.serialization import TensorDeserializer
 
@@ -250,9 +250,12 @@ def methods_for(args) -> list[tuple[str, str, dict]]:
     dry = {"TENSORSTREAM_DEVICE_STANDIN": "host"} if args.cpu_dry_run else {}
     out = [("tensorstream", "tensors", {**dry, "TENSORSTREAM_RING_MB": str(args.ring_mb)})]
     out += [(f"ts-ring-{mb}M", "tensors", {**dry, "TENSORSTREAM_RING_MB": str(mb)}) for mb in args.ring_sweep]
+    for name, env in args.variant:
+        out.append((f"ts-{name}", "tensors", {**dry, "TENSORSTREAM_RING_MB": str(args.ring_mb), **env}))
     out += [("ts-read", "tensors", {"TENSORSTREAM_RING_MB": str(args.ring_mb)}), ("tensorizer", "tensors", {}),
             ("safetensors", "safetensors", {}), ("torch.load", "torch", {}), ("ceiling", "tensors", {})]
-    return [m for m in out if m[0] in args.methods or (m[0].startswith("ts-ring") and "tensorstream" in args.methods)]
+    variants = [m for m in out if m[0].startswith("ts-") and m[0] != "ts-read"]
+    return [m for m in out if m[0] in args.methods or (m in variants and "tensorstream" in args.methods)]
 
 
 def summarize(method: str, runs: list[dict], nbytes: int) -> dict:
@@ -366,6 +369,14 @@ def main(args) -> int:
     return 1 if failed else 0
 
 
+def _variant(text: str) -> tuple[str, dict]:
+    name, sep, assignments = text.partition(":")
+    env = dict(a.split("=", 1) for a in assignments.split(",") if "=" in a)
+    if not sep or not name or not env or len(env) != len(assignments.split(",")):
+        raise argparse.ArgumentTypeError(f"expected NAME:VAR=VALUE[,VAR=VALUE], not {text!r}")
+    return name, env
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     all_methods = ["tensorstream", "ts-read", *PEERS, "ceiling"]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -374,6 +385,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ring-mb", type=int, default=256, help="tensorstream's ring (TENSORSTREAM_RING_MB)")
     p.add_argument("--ring-sweep", type=int, nargs="*", default=[], metavar="MB",
                    help="further ring sizes to time tensorstream with")
+    p.add_argument("--variant", action="append", type=_variant, default=[], metavar="NAME:VAR=V[,VAR=V]",
+                   help="tensorstream again with these environment variables, as method ts-NAME "
+                        "(e.g. lanes1:TENSORSTREAM_RING_LANES=1); repeatable")
     p.add_argument("--methods", nargs="+", choices=all_methods, default=all_methods, metavar="METHOD",
                    help="methods: " + " ".join(all_methods))
     p.add_argument("--workdir", default="bench-gpu", help="where the model files go (default ./bench-gpu)")

@@ -117,8 +117,9 @@ fi
 
 if ((BENCH)); then
   step "benchmark (size $SIZE GiB, $RUNS runs)"
-  extra=(--ring-sweep 64 1024)
-  ((DRY)) && extra=(--cpu-dry-run --ring-mb 8 --ring-sweep 2)
+  extra=(--ring-sweep 64 1024 --variant lanes1:TENSORSTREAM_RING_LANES=1
+         --variant lanes4:TENSORSTREAM_RING_LANES=4,TENSORSTREAM_RING_SLOTS=8)
+  ((DRY)) && extra=(--cpu-dry-run --ring-mb 8 --ring-sweep 2 --variant lanes1:TENSORSTREAM_RING_LANES=1)
   (cd "$ROOT" && timeout 330 "$PY" benchmarks/bench_gpu.py --size-gib "$SIZE" --runs "$RUNS" --budget-s 210 \
       --workdir "$WORK/bench" --out-dir "$OUT" "${extra[@]}")
   rc=$?

@@ -27,14 +27,14 @@ def _bench_module():
 def test_dry_run_loads_every_method_and_writes_its_results(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, str(BENCH), "--cpu-dry-run", "--size-gib", "0.01", "--runs", "1", "--ring-mb", "2",
-           "--ring-sweep", "1", "--workdir", str(tmp_path / "work"), "--out-dir", str(out)]
+           "--ring-sweep", "1", "--variant", "one:TENSORSTREAM_RING_LANES=1", "--workdir", str(tmp_path / "work"), "--out-dir", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "bench_gpu.json").read_text())
     assert report["ok"] and report["dry_run"]
     loads = {s["method"]: s for s in report["loads"]}
-    assert sorted(loads) == sorted(["tensorstream", "ts-ring-1M", "ts-read", "tensorizer", "safetensors",
-                                    "torch.load", "ceiling"])
+    assert sorted(loads) == sorted(["tensorstream", "ts-ring-1M", "ts-one", "ts-read", "tensorizer",
+                                    "safetensors", "torch.load", "ceiling"])
     for name, s in loads.items():
         assert s["check"] == ("n/a" if name in ("ts-read", "ceiling") else "pass"), (name, s)
         assert s["gbps"] > 0, (name, s)

@@ -83,7 +83,9 @@ class RingLoader:
 def _check_torch(device: torch.device) -> None:
     """The driver works; torch must see the device too, since it allocates the destinations."""
     if not torch.backends.cuda.is_built():
-        raise CudaUnavailableError(f"torch {torch.__version__} is built without CUDA: it cannot hold tensors on {device}")
+        raise CudaUnavailableError(
+            f"torch {torch.__version__} is built without CUDA: it cannot hold tensors on {device}"
+        )
     count = torch.cuda.device_count()
     if (device.index or 0) >= count:
         raise CudaUnavailableError(f"torch sees {count} CUDA device(s): there is no {device}")

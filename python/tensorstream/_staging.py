@@ -39,7 +39,8 @@ class Stager:
         """A host tensor with ``tensor``'s values; valid after :meth:`ready`, until :meth:`reset`."""
         nbytes = tensor.numel() * tensor.element_size()
         start = -(-self._used // ALIGN) * ALIGN
-        if tensor.device.type != "cuda" or not nbytes or start + nbytes > self.capacity or not self._pinned(tensor.device):
+        fits = 0 < nbytes and start + nbytes <= self.capacity
+        if tensor.device.type != "cuda" or not fits or not self._pinned(tensor.device):
             return host_copy(tensor)
         assert self._buffer is not None
         out = self._buffer[start : start + nbytes].view(tensor.dtype).view(tensor.shape)

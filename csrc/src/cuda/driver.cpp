@@ -134,7 +134,9 @@ PrimaryContext::~PrimaryContext() {
   if (ctx_) driver().DevicePrimaryCtxRelease(dev_);
 }
 
-ScopedContext::ScopedContext(const PrimaryContext& ctx) { check(driver().CtxPushCurrent(ctx.get()), "cuCtxPushCurrent"); }
+ScopedContext::ScopedContext(const PrimaryContext& ctx) {
+  check(driver().CtxPushCurrent(ctx.get()), "cuCtxPushCurrent");
+}
 
 ScopedContext::~ScopedContext() {
   CUcontext popped = nullptr;

@@ -67,7 +67,8 @@ class DeviceLoader::Run {
       : L_(owner), index_(index), reqs_(reqs), checks_(checks), verify_(verify) {
     for (size_t r = 0; r < reqs.size(); ++r)
       if (reqs[r].nbytes) order_.push_back(r);
-    std::sort(order_.begin(), order_.end(), [&](size_t a, size_t b) { return entry(a).data_offset < entry(b).data_offset; });
+    std::sort(order_.begin(), order_.end(),
+              [&](size_t a, size_t b) { return entry(a).data_offset < entry(b).data_offset; });
     std::vector<RingTensor> tensors;
     for (size_t r : order_) {
       uint64_t chunk = checks_[r].key ? checks_[r].header.crypt.chunk_size : 0;

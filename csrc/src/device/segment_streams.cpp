@@ -12,7 +12,8 @@ SegmentCrypt::SegmentCrypt(const tz::CryptInfo& ci, const crypto::SecretKey& key
   const uint64_t cs = ci.chunk_size;
   // The parser guarantees one MAC per chunk; the ring plan, chunk-aligned segments.
   if (cs == 0 || tensor_bytes == 0 || ci.macs.size() != (tensor_bytes + cs - 1) / cs || seg_len == 0 ||
-      seg_at % cs != 0 || seg_at + seg_len > tensor_bytes || ((seg_at + seg_len) % cs && seg_at + seg_len != tensor_bytes))
+      seg_at % cs != 0 || seg_at + seg_len > tensor_bytes ||
+      ((seg_at + seg_len) % cs && seg_at + seg_len != tensor_bytes))
     throw std::logic_error("segment of an encrypted tensor not cut at chunk boundaries");
   first_ = seg_at / cs;
   const uint64_t chunks = (seg_len + cs - 1) / cs;
