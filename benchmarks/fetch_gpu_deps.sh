@@ -5,6 +5,8 @@
 #                 need at run time, except the few every system has (libc, libstdc++, ...)
 #   DEST/wheels/  wheels for CPython 3.12 on x86-64: tensorizer and what it needs beyond torch,
 #                 numpy, protobuf and psutil, and the build backend (pybind11, scikit-build-core)
+#   DEST/python3.12-include/  CPython 3.12's headers, from a local Python 3.12 if there is one
+#                 (used only where the GPU machine's Python has no Python.h)
 # DEST defaults to .gpu-deps (ignored by git). Nothing is installed here.
 #   bash benchmarks/fetch_gpu_deps.sh [DEST]
 set -euo pipefail
@@ -40,4 +42,13 @@ rm -f "$DEST"/wheels/*.whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${PLATFORMS[@]}" --platform any -d "$DEST/wheels" "${WHEELS[@]}"
 
-du -sh "$DEST/debs" "$DEST/wheels"
+for py312 in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12.*/bin/python3.12 /usr/bin/python3.12 python3.12; do
+  inc="$("$py312" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)" || continue
+  if [ -f "$inc/Python.h" ]; then
+    rm -rf "$DEST/python3.12-include" && cp -r "$inc" "$DEST/python3.12-include"
+    echo "==> CPython headers from $py312"
+    break
+  fi
+done
+
+du -sh "$DEST"/*

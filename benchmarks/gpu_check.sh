@@ -52,6 +52,10 @@ if ((${#debs[@]})); then
   export PKG_CONFIG_LIBDIR="$LIBDIR/pkgconfig:$PREFIX/usr/share/pkgconfig"
   export PKG_CONFIG_SYSROOT_DIR="$PREFIX"
   export CMAKE_PREFIX_PATH="$PREFIX/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+  # Multiarch headers (openssl/configuration.h, curl/) and libraries the compiler and linker
+  # would otherwise look for under /usr only.
+  export CPATH="$PREFIX/usr/include/x86_64-linux-gnu:$PREFIX/usr/include${CPATH:+:$CPATH}"
+  export LIBRARY_PATH="$LIBDIR${LIBRARY_PATH:+:$LIBRARY_PATH}"
   if ! command -v pkg-config >/dev/null && [ -x "$PREFIX/usr/bin/pkgconf" ]; then
     printf '#!/bin/sh\nLD_LIBRARY_PATH="%s" exec "%s" "$@"\n' "$LIBDIR" "$PREFIX/usr/bin/pkgconf" > "$WORK/bin/pkg-config"
     chmod +x "$WORK/bin/pkg-config"
@@ -71,6 +75,15 @@ fi
 export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 
 step "build tensorstream (pip wheel, no build isolation)"
+if ! "$PY" -c "import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h'))" \
+     2>/dev/null; then
+  if [ -f "$DEPS/python3.12-include/Python.h" ]; then
+    echo "this Python has no Python.h: using the carried CPython headers"
+    export CMAKE_ARGS="-DPython_INCLUDE_DIR=$DEPS/python3.12-include ${CMAKE_ARGS:-}"
+  else
+    echo "this Python has no Python.h and none were carried: the build will fail"
+  fi
+fi
 export CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)"
 if "$PY" -m pip wheel -q --no-build-isolation --no-deps --no-index -w "$WORK/wheel" \
      --config-settings=build-dir="$WORK/skbuild" "$ROOT" > "$OUT/build.log" 2>&1; then
