@@ -25,6 +25,7 @@ from tensorstream import (
     DecryptionParams,
     EncryptionParams,
     HashMismatchError,
+    LoadCancelled,
     TensorDeserializer,
     _core,
     _loading,
@@ -237,7 +238,7 @@ def test_closing_while_loading_stops_the_load(model, standin):
     assert not worker.is_alive()
     assert time.perf_counter() - start < 2
     assert "tensor" not in outcome
-    assert isinstance(outcome["error"], RuntimeError) and "cancelled" in str(outcome["error"])
+    assert isinstance(outcome["error"], LoadCancelled) and "cancelled" in str(outcome["error"])
     with pytest.raises(ValueError, match="closed"):
         loaded["s1"]
     del loaded, outcome
@@ -269,9 +270,24 @@ def test_lazy_loads_and_dtype_on_the_ring_path(model, standin):
         assert lazy["s1"].dtype == torch.float16
 
 
-PEAK_SCRIPT = textwrap.dedent(
+# Peak memory of the child itself: VmHWM after resetting it to the current RSS (ru_maxrss would
+# start from the test runner's peak, inherited across fork and exec).
+MEMORY_HELPERS = textwrap.dedent(
     """
-    import json, resource, sys
+    def status_kib(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+
+    def reset_peak():
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    """
+)
+
+PEAK_SCRIPT = MEMORY_HELPERS + textwrap.dedent(
+    """
+    import json, sys
     from tensorstream import _core, _loading
     path, ring = sys.argv[1], int(sys.argv[2])
     source = _core.FileSource(path)
@@ -280,9 +296,10 @@ PEAK_SCRIPT = textwrap.dedent(
     loader = _core.DeviceLoader(source, copier="host", ring_bytes=ring, discard=True)
     fake = 1 << 44  # never written: the stand-in discards what it copies
     requests = [(r.pos, fake + r.pos * (1 << 32), r.nbytes) for r in records]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    reset_peak()
+    before = status_kib("VmRSS")
     loader.load(index, requests, True)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = status_kib("VmHWM")
     print(json.dumps({"before_kib": before, "after_kib": after, "stats": loader.stats()}))
     """
 )
@@ -489,16 +506,17 @@ def test_cuda_saving_reuses_one_pinned_buffer_batch_after_batch(tmp_path, gpu, m
             assert raw_bytes(loaded[name]) == raw_bytes(want.resolve_conj()), name
 
 
-CUDA_PEAK_SCRIPT = textwrap.dedent(
+CUDA_PEAK_SCRIPT = MEMORY_HELPERS + textwrap.dedent(
     """
-    import json, resource, sys, torch, tensorstream
+    import json, sys, torch, tensorstream
     path = sys.argv[1]
     torch.zeros(1, device="cuda")  # the CUDA context's own memory is not the load's
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    reset_peak()
+    before = status_kib("VmRSS")
     with tensorstream.TensorDeserializer(path, device="cuda", verify_hash=True) as d:
         total = sum(t.numel() * t.element_size() for t in d.values())
         first = float(d["w0"][0])
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = status_kib("VmHWM")
     print(json.dumps({"before_kib": before, "after_kib": after, "bytes": total, "first": first}))
     """
 )

@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings.hpp"
+#include "interruptible.hpp"
 #include "tensorstream/cuda/copier.hpp"
 #include "tensorstream/cuda/driver.hpp"
 #include "tensorstream/device/device_loader.hpp"
@@ -101,12 +102,17 @@ void register_device(py::module_& m) {
             reqs.reserve(requests.size());
             for (const auto& [entry, addr, nbytes] : requests)
               reqs.push_back(ts::LoadRequest{entry, reinterpret_cast<uint8_t*>(addr), nbytes});
-            py::gil_scoped_release nogil;
-            return self.load(index, reqs, verify_hash);
+            struct Resume {  // a Ctrl-C stops this load only: the loader stays usable
+              ts::DeviceLoader& loader;
+              ~Resume() { loader.resume(); }
+            } resume{self};
+            return call_interruptible([&] { return self.load(index, reqs, verify_hash); },
+                                      [&] { self.interrupt(); });
           },
           py::arg("index"), py::arg("requests"), py::arg("verify_hash") = false)
-      .def("cancel", &ts::DeviceLoader::cancel, py::call_guard<py::gil_scoped_release>(),
-           "Stop the load in progress (it raises) and refuse later ones.")
+      .def("cancel", &ts::DeviceLoader::cancel,
+           "Stop the running load (from any thread) and refuse later ones: they raise LoadCancelled.")
+      .def_property_readonly("cancelled", &ts::DeviceLoader::cancelled)
       .def("stats", [](const ts::DeviceLoader& self) { return stats_dict(self.stats()); });
 
   py::class_<PinnedBuffer>(m, "PinnedBuffer", py::buffer_protocol())

@@ -219,9 +219,30 @@ TEST(cancel_stops_a_load_in_progress) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
     loader.cancel();
   });
-  CHECK_THROWS(loader.load(index, {LoadRequest{0, out.data(), out.size()}}, false), LoadCancelled);
+  CHECK_THROWS(loader.load(index, {LoadRequest{0, out.data(), out.size()}}, false), Cancelled);
   stopper.join();
-  CHECK_THROWS(loader.load(index, {LoadRequest{0, out.data(), out.size()}}, false), LoadCancelled);
+  CHECK(loader.cancelled());
+  CHECK_THROWS(loader.load(index, {LoadRequest{0, out.data(), out.size()}}, false), Cancelled);
+}
+
+TEST(an_interrupt_stops_one_load_and_resume_allows_the_next) {
+  Model m({200000}, false);
+  auto src = std::make_shared<MemorySource>(m.file.data(), m.file.size(), nullptr);
+  tz::Index index = tz::read_index(*src);
+  RingOptions ring = small_ring(2).resolved();
+  HostCopierOptions copy;
+  copy.delay_us = 1000;
+  DeviceLoader loader(src, EngineOptions{}, ring, make_host_copier(ring.streams, ring.slots, copy));
+  std::vector<uint8_t> out(200000);
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    loader.interrupt();
+  });
+  CHECK_THROWS(loader.load(index, {LoadRequest{0, out.data(), out.size()}}, false), Cancelled);
+  stopper.join();
+  loader.resume();
+  loader.load(index, {LoadRequest{0, out.data(), out.size()}}, false);
+  CHECK(out == m.data[0]);
 }
 
 TEST(ring_options_come_from_the_environment) {

@@ -79,6 +79,10 @@ class RingLoader:
     def cancel(self) -> None:
         self.core.cancel()
 
+    @property
+    def cancelled(self) -> bool:
+        return self.core.cancelled
+
 
 def _check_torch(device: torch.device) -> None:
     """The driver works; torch must see the device too, since it allocates the destinations."""
@@ -129,7 +133,8 @@ def load(
     try:
         module_idx = loader.core.load(index, requests, verify_hash)
     except BaseException:
-        # A traceback the caller keeps holds this frame, not the memory or the loader.
+        # A traceback the caller keeps holds this frame, not the memory or the loader (a closed
+        # deserializer's file and connections close with it).
         block = raws = loader = None
         raise
     out = {r.pos: raw.view(r.dtype).view(r.shape) for r, raw in zip(with_data, raws, strict=True)}

@@ -125,9 +125,9 @@ class DeviceLoader::Run {
     }
     cv_.notify_all();
   }
-  bool stopping() const { return failed_ || L_.cancelled_; }
+  bool stopping() const { return failed_ || L_.cancel_.requested(); }
   void check_stop() const {
-    if (L_.cancelled_) throw LoadCancelled();
+    L_.cancel_.check();
     if (failed_) throw Stopped();
   }
 
@@ -270,7 +270,10 @@ DeviceLoader::DeviceLoader(std::shared_ptr<Source> src, const EngineOptions& eng
   const unsigned threads = engine.threads ? engine.threads : default_threads();
   per_lane.threads = std::max(1u, threads / ring_.lanes);
   per_lane.chunk_bytes = lane_chunk(ring_.slot_bytes, engine.chunk_bytes);
-  for (unsigned l = 0; l < ring_.lanes; ++l) engines_.push_back(make_engine(*src_, per_lane));
+  for (unsigned l = 0; l < ring_.lanes; ++l) {
+    engines_.push_back(make_engine(*src_, per_lane));
+    engines_.back()->set_cancel(&cancel_);
+  }
   slots_.assign(ring_.slots, nullptr);
 }
 
@@ -293,12 +296,21 @@ uint8_t* DeviceLoader::slot(unsigned i) {
 }
 
 std::vector<uint16_t> DeviceLoader::load(const tz::Index& index, const std::vector<LoadRequest>& reqs, bool verify) {
+  try {
+    return load_checked(index, reqs, verify);
+  } catch (const Cancelled&) {  // from an engine, a lane or a check here: name the file
+    throw Cancelled("loading '" + src_->name() + "' was cancelled");
+  }
+}
+
+std::vector<uint16_t> DeviceLoader::load_checked(const tz::Index& index, const std::vector<LoadRequest>& reqs,
+                                                 bool verify) {
   const uint64_t held = stats_.ring_bytes;
   stats_ = DeviceLoadStats{};
   stats_.ring_bytes = held;
   stats_.slot_turns.assign(ring_.slots, 0);
-  if (cancelled_) throw LoadCancelled();
   check_requests(index, reqs);
+  cancel_.check();
   if (reqs.empty()) return {};
   check_encryption(index.header.encrypted(), keys_, src_->name());
 
@@ -333,7 +345,16 @@ std::vector<uint16_t> DeviceLoader::load(const tz::Index& index, const std::vect
 }
 
 void DeviceLoader::cancel() {
-  cancelled_ = true;
+  cancel_.cancel();
+  wake_active();
+}
+
+void DeviceLoader::interrupt() {
+  cancel_.interrupt();
+  wake_active();
+}
+
+void DeviceLoader::wake_active() {
   std::lock_guard<std::mutex> lock(active_mu_);
   if (active_) active_->wake();
 }

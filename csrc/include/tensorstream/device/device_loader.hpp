@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "tensorstream/cancel.hpp"
 #include "tensorstream/crypto.hpp"
 #include "tensorstream/cuda/copier.hpp"
 #include "tensorstream/format/tensorizer.hpp"
@@ -43,12 +44,6 @@ struct DeviceLoadStats {
   double slot_wait_seconds = 0;  // lanes waiting for a slot's copies to finish
 };
 
-// Thrown by a load that cancel() stopped.
-class LoadCancelled : public std::runtime_error {
- public:
-  LoadCancelled() : std::runtime_error("the load was cancelled (the deserializer was closed)") {}
-};
-
 class DeviceLoader {
  public:
   DeviceLoader(std::shared_ptr<Source> src, const EngineOptions& engine, const RingOptions& ring,
@@ -65,15 +60,22 @@ class DeviceLoader {
 
   // Each request's `dst` is a device address (for the host copier: host memory). Returns each
   // request's module_idx, in request order, once every copy has finished. On any failure the
-  // pipeline stops, copies in flight are waited for, and the error is thrown.
+  // pipeline stops, copies in flight are waited for, and the error is thrown (Cancelled when
+  // stopped by cancel() or interrupt()).
   std::vector<uint16_t> load(const tz::Index& index, const std::vector<LoadRequest>& requests, bool verify_hash);
-  // Stops the load in progress (it throws LoadCancelled) and every later one. Thread-safe.
+  // From any thread: stops the running load and every later one (closing the loader).
   void cancel();
+  bool cancelled() const { return cancel_.cancelled(); }
+  // From any thread: stops the running load only; resume() lets later loads run.
+  void interrupt();
+  void resume() { cancel_.resume(); }
   const DeviceLoadStats& stats() const { return stats_; }
 
  private:
   class Run;
   uint8_t* slot(unsigned i);  // allocated at first use
+  std::vector<uint16_t> load_checked(const tz::Index& index, const std::vector<LoadRequest>& requests, bool verify);
+  void wake_active();
 
   std::shared_ptr<Source> src_;
   RingOptions ring_;
@@ -82,7 +84,7 @@ class DeviceLoader {
   std::vector<uint8_t*> slots_;
   DeviceLoadStats stats_;
   crypto::KeySource keys_;
-  std::atomic<bool> cancelled_{false};
+  CancelToken cancel_;  // also stops the engines' runs
   std::mutex active_mu_;
   Run* active_ = nullptr;  // the load in progress, for cancel()
 };
