@@ -2,7 +2,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -10,57 +9,15 @@
 #include "tensorstream/decrypt_stream.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/hash.hpp"
+#include "tensorstream/tensor_checks.hpp"
 
 namespace ts {
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr uint64_t kHeaderBatchBytes = 16u << 20;
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-std::string hex(const uint8_t* p, size_t n) {
-  static const char* d = "0123456789abcdef";
-  std::string s;
-  for (size_t i = 0; i < n; ++i) {
-    s += d[p[i] >> 4];
-    s += d[p[i] & 15];
-  }
-  return s;
-}
-
-// One tensor's expected hashes and a hasher already fed with its (zeroed) header.
-struct Check {
-  tz::TensorHeader header;
-  std::unique_ptr<TensorHasher> hasher;
-  const crypto::SecretKey* key = nullptr;  // set for tensors to decrypt
-};
-
-void feed_header(TensorHasher& h, const uint8_t* raw, size_t size, const tz::TensorHeader& th) {
-  std::vector<uint8_t> copy(raw, raw + size);
-  for (auto [b, e] : th.hash_value_ranges) std::memset(copy.data() + b, 0, e - b);
-  if (th.crypt_end > th.crypt_begin) {
-    h.update(copy.data(), th.crypt_begin);
-    h.update(copy.data() + th.crypt_end, size - th.crypt_end);
-  } else {
-    h.update(copy.data(), size);
-  }
-}
-
-void finish_check(Check& c, const std::string& name) {
-  if (c.header.crc32 && *c.header.crc32 != c.hasher->crc32())
-    throw HashMismatchError("CRC32 mismatch: stored " + std::to_string(*c.header.crc32) + ", computed " +
-                                std::to_string(c.hasher->crc32()),
-                            name);
-  if (c.header.sha256) {
-    auto got = c.hasher->sha256();
-    if (got != *c.header.sha256)
-      throw HashMismatchError("SHA-256 mismatch: stored " + hex(c.header.sha256->data(), 32) + ", computed " +
-                                  hex(got.data(), 32),
-                              name);
-  }
-}
 
 // Feeds one tensor's chunks to its hasher in order, whatever order they arrive in.
 class HashStream {
@@ -99,45 +56,6 @@ class HashStream {
   bool busy_ = false, done_ = false;
 };
 
-[[noreturn]] void rethrow_read(const ReadFailure& f, const std::string& tensor, const Source& src,
-                               const char* what) {
-  if (f.err() == 0)
-    throw FormatError(std::string("file ended early while reading ") + what + " (" + f.what() + ")", tensor,
-                      what);
-  throw IoError(f.err(), std::string("reading the ") + what + " of tensor " + printable_name(tensor) + " failed",
-                src.name());
-}
-
-void check_requests(const tz::Index& index, const std::vector<LoadRequest>& reqs) {
-  for (const auto& r : reqs) {
-    if (r.entry >= index.entries.size())
-      throw std::invalid_argument("load request names tensor #" + std::to_string(r.entry) + " of " +
-                                  std::to_string(index.entries.size()));
-    const auto& e = index.entries[r.entry];
-    if (r.nbytes != e.data_length)
-      throw std::invalid_argument("destination of tensor " + printable_name(e.name) + " is " +
-                                  std::to_string(r.nbytes) + " bytes, its data is " +
-                                  std::to_string(e.data_length));
-    if (r.nbytes && !r.dst) throw std::invalid_argument("null destination for tensor " + printable_name(e.name));
-  }
-}
-
-void check_encryption(bool encrypted, const crypto::KeySource& keys, const std::string& file) {
-  if (encrypted && keys.empty())
-    throw KeyRequiredError("'" + file + "' is encrypted: a decryption key is needed to load it");
-  if (!encrypted && !keys.empty())
-    throw CryptographyError("'" + file + "' is not encrypted, but a decryption key was given: load it without one");
-}
-
-// The key of one tensor of an encrypted file; null for tensors without data.
-const crypto::SecretKey* key_for(const tz::TensorHeader& h, const tz::IndexEntry& e, crypto::KeySource& keys) {
-  if (e.data_length == 0) return nullptr;
-  if (!h.crypt.encrypted)
-    throw CryptographyError("has data but no encryption in an encrypted file: refused, its data is not authenticated",
-                            e.name);
-  return &keys.key_for(h.crypt.kdf ? &*h.crypt.kdf : nullptr, e.name);
-}
-
 }  // namespace
 
 Loader::Loader(std::shared_ptr<Source> src, EngineOptions opts)
@@ -163,44 +81,7 @@ std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::ve
 
   // Phase 1: per-tensor headers, in batches of bounded scratch, parsed and checked against the index.
   auto t0 = Clock::now();
-  std::vector<Check> checks(reqs.size());
-  std::vector<uint8_t> scratch;
-  for (size_t begin = 0; begin < reqs.size();) {
-    cancel_.check();
-    std::vector<ReadOp> ops;
-    uint64_t used = 0;
-    size_t end = begin;
-    for (; end < reqs.size(); ++end) {
-      uint64_t hs = index.entries[reqs[end].entry].header_size();
-      if (end > begin && used + hs > kHeaderBatchBytes) break;
-      used += hs;
-    }
-    scratch.resize(used);
-    used = 0;
-    for (size_t i = begin; i < end; ++i) {
-      const auto& e = index.entries[reqs[i].entry];
-      ops.push_back(ReadOp{e.header_offset, e.header_size(), scratch.data() + used});
-      used += e.header_size();
-    }
-    try {
-      engine_->run(ops, [](const Piece&) {});
-    } catch (const ReadFailure& f) {
-      rethrow_read(f, index.entries[reqs[begin + f.op()].entry].name, *src_, "header");
-    }
-    for (size_t i = begin; i < end; ++i) {
-      const auto& e = index.entries[reqs[i].entry];
-      const ReadOp& op = ops[i - begin];
-      checks[i].header = tz::parse_tensor_header(op.dst, op.length, e, index.header);
-      if (index.header.encrypted()) checks[i].key = key_for(checks[i].header, e, keys_);
-      if (verify) {
-        checks[i].hasher = std::make_unique<TensorHasher>();
-        feed_header(*checks[i].hasher, op.dst, op.length, checks[i].header);
-        if (e.data_length == 0) finish_check(checks[i], e.name);
-      }
-    }
-    stats_.reads += ops.size();
-    begin = end;
-  }
+  std::vector<TensorCheck> checks = read_headers(*engine_, *src_, index, reqs, verify, keys_, stats_.reads, &cancel_);
   stats_.header_seconds = since(t0);
   cancel_.check();
 

@@ -66,10 +66,11 @@ void check_encryption(bool encrypted, const crypto::KeySource& keys, const std::
 
 std::vector<TensorCheck> read_headers(ReadEngine& engine, const Source& src, const tz::Index& index,
                                       const std::vector<LoadRequest>& reqs, bool verify, crypto::KeySource& keys,
-                                      uint64_t& reads) {
+                                      uint64_t& reads, const CancelToken* cancel) {
   std::vector<TensorCheck> checks(reqs.size());
   std::vector<uint8_t> scratch;
   for (size_t begin = 0; begin < reqs.size();) {
+    if (cancel) cancel->check();
     uint64_t used = 0;
     size_t end = begin;
     for (; end < reqs.size(); ++end) {

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "tensorstream/cancel.hpp"
 #include "tensorstream/crypto.hpp"
 #include "tensorstream/format/tensorizer.hpp"
 #include "tensorstream/hash.hpp"
@@ -30,10 +31,11 @@ void check_encryption(bool encrypted, const crypto::KeySource& keys, const std::
 
 // Reads every request's per-tensor header (in batches of bounded scratch), parses and checks it
 // against its index entry; with `verify`, feeds it to the tensor's hasher (and checks tensors
-// without data at once). `reads` is increased by the reads issued.
+// without data at once). `reads` is increased by the reads issued. `cancel` (may be null) is
+// checked before each batch: Cancelled.
 std::vector<TensorCheck> read_headers(ReadEngine& engine, const Source& src, const tz::Index& index,
                                       const std::vector<LoadRequest>& reqs, bool verify, crypto::KeySource& keys,
-                                      uint64_t& reads);
+                                      uint64_t& reads, const CancelToken* cancel = nullptr);
 
 // Throws HashMismatchError naming `name` if the hasher disagrees with the stored hashes.
 void finish_check(TensorCheck& c, const std::string& name);

@@ -315,7 +315,8 @@ std::vector<uint16_t> DeviceLoader::load_checked(const tz::Index& index, const s
   check_encryption(index.header.encrypted(), keys_, src_->name());
 
   auto t0 = Clock::now();
-  std::vector<TensorCheck> checks = read_headers(*engines_.front(), *src_, index, reqs, verify, keys_, stats_.reads);
+  std::vector<TensorCheck> checks = read_headers(*engines_.front(), *src_, index, reqs, verify, keys_, stats_.reads,
+                                                  &cancel_);
   stats_.header_seconds = since(t0);
 
   t0 = Clock::now();
