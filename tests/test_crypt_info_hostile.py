@@ -185,6 +185,18 @@ def test_sequential_chunk_is_read(sample):
     assert got.view(torch.int64).tolist() == small.view(torch.int64).tolist()
 
 
+@pytest.mark.parametrize("chunk_size", [CHUNK, 2**63, 2**64 - 64])
+def test_chunk_size_beyond_the_data_is_one_chunk(chunk_size):
+    """Any legal chunk size larger than the data gives one chunk (near 2**64 the count once wrapped)."""
+    params = EncryptionParams.random()
+    small = random_tensor((1000,), torch.float64, seed=7)
+    data = _encrypted(params, small)
+    contents = block_of(data)
+    nonce, mac = contents[20:44], contents[-16:]
+    got = _load(with_block(data, blocks(parallel(chunk_size, nonce, [mac]))), params)["w"]
+    assert got.view(torch.int64).tolist() == small.view(torch.int64).tolist()
+
+
 def test_derivation_limits_apply_only_to_passphrases(sample):
     data, params, nonce, macs = sample
     for kdf, field in ((pwhash(memlimit=1 << 40), "memlimit"), (pwhash(opslimit=2**32), "opslimit"),

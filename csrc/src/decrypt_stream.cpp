@@ -9,8 +9,9 @@ namespace ts {
 DecryptStream::DecryptStream(const tz::CryptInfo& ci, const crypto::SecretKey& key, uint8_t* base, uint64_t total,
                              std::string tensor, std::string file)
     : ci_(ci), key_(key), base_(base), total_(total), tensor_(std::move(tensor)), file_(std::move(file)) {
-  // The parser guarantees one MAC per chunk of a non-empty tensor.
-  if (total == 0 || ci.chunk_size == 0 || ci.macs.size() != (total + ci.chunk_size - 1) / ci.chunk_size)
+  // The parser guarantees one MAC per chunk of a non-empty tensor. (Counted without adding
+  // chunk_size - 1 first: a file may give any chunk size up to 2^64 - 64.)
+  if (total == 0 || ci.chunk_size == 0 || ci.macs.size() != total / ci.chunk_size + (total % ci.chunk_size != 0))
     throw std::logic_error("decrypt stream for an inconsistent crypt-info block");
   arrived_.reset(new std::atomic<uint64_t>[ci.macs.size()]());
 }

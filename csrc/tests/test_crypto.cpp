@@ -173,3 +173,22 @@ TEST(key_source_exact_key_passphrase_and_refusals) {
   ks.set_key(std::string(32, 'k'));
   CHECK(ks.key_for(&huge, "t").data()[0] == 'k');  // an exact key ignores derivation chunks
 }
+
+TEST(decrypt_stream_takes_a_chunk_size_near_two_to_the_64) {
+  // Any multiple of 64 is a legal chunk size; one larger than the data is one chunk of all of it.
+  // Counting chunks as (total + chunk_size - 1) / chunk_size wrapped around here (found by fuzzing).
+  auto key = test_key(5);
+  auto plain = pattern(3000);
+  tz::CryptInfo ci;
+  auto cipher = encrypt(plain, key, ci);  // 1 KiB chunks
+  ci.chunk_size = ~uint64_t{63};
+  ci.macs.assign(1, crypto::seal(cipher.data(), plain.data(), plain.size(), ci.nonce, key));
+  auto block = tz::build_crypt_info(ci, nullptr);
+  auto parsed = tz::parse_crypt_info(block.data() + 8, block.size() - 8, plain.size(), "t");
+  CHECK(parsed.chunk_size == ci.chunk_size && parsed.macs.size() == 1);
+  DecryptStream ds(parsed, key, cipher.data(), cipher.size(), "t", "f");
+  int opened = 0;
+  ds.add(0, 1000, [&](uint64_t, uint64_t) { ++opened; });
+  ds.add(1000, 2000, [&](uint64_t at, uint64_t n) { opened += at == 0 && n == 3000; });
+  CHECK(opened == 1 && cipher == plain);
+}

@@ -76,7 +76,7 @@ MemorySource::MemorySource(const uint8_t* data, uint64_t size, std::shared_ptr<v
 void MemorySource::read_exact(uint64_t offset, void* dst, size_t n) const {
   if (offset > size_ || n > size_ - offset)
     throw FormatError("buffer ends before byte " + std::to_string(offset + n), "", "file_size");
-  std::memcpy(dst, data_ + offset, n);
+  if (n) std::memcpy(dst, data_ + offset, n);  // an empty buffer or destination may be null
 }
 
 }  // namespace ts
