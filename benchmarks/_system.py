@@ -152,3 +152,27 @@ def first_difference(a: str, b: str, chunk: int = CHUNK) -> int | None:
             if not nx:
                 return None
             offset += nx
+
+
+def run_script_worker(script: str, spec: dict, env: dict, timeout: float, workdir: str | None = None) -> dict:
+    """Runs ``script --worker SPEC`` in a fresh process; its JSON result, or a FAIL with its error."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    fd, out = tempfile.mkstemp(prefix="result-", suffix=".json", dir=workdir)
+    os.close(fd)
+    cmd = [sys.executable, os.path.abspath(script), "--worker", json.dumps({**spec, "out": out})]
+    try:
+        proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+        with open(out) as f:
+            text = f.read()
+        if proc.returncode != 0 or not text:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            return {"check": f"FAIL: worker exited {proc.returncode}: {' | '.join(tail)}"}
+        return json.loads(text)
+    except subprocess.TimeoutExpired:
+        return {"check": f"FAIL: worker timed out after {timeout:.0f} s"}
+    finally:
+        os.unlink(out)

@@ -49,22 +49,7 @@ log = bench_local.log
 
 def run_worker(spec: dict, workdir: str, timeout: float) -> dict:
     """Run one spec in a fresh process of this script; its result, or a FAIL with its error."""
-    fd, out = tempfile.mkstemp(prefix="result-", suffix=".json", dir=workdir)
-    os.close(fd)
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps({**spec, "out": out})]
-    try:
-        proc = subprocess.run(cmd, env={**os.environ, **ENV}, capture_output=True, text=True,
-                              timeout=timeout)
-        with open(out) as f:
-            text = f.read()
-        if proc.returncode != 0 or not text:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            return {"check": f"FAIL: worker exited {proc.returncode}: {' | '.join(tail)}"}
-        return json.loads(text)
-    except subprocess.TimeoutExpired:
-        return {"check": f"FAIL: worker timed out after {timeout:.0f} s"}
-    finally:
-        os.unlink(out)
+    return _system.run_script_worker(__file__, spec, ENV, timeout, workdir)
 
 
 # --------------------------------------------------------------------------------------------
