@@ -16,6 +16,11 @@ TARGETS=(${FUZZ_TARGETS:-fuzz_index fuzz_tensor_header fuzz_crypt_info fuzz_load
 CC=clang CXX=clang++ cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTENSORSTREAM_FUZZ=ON >/dev/null
 cmake --build "$BUILD" --target fuzz_targets
 
+# Reports name functions and lines when llvm-symbolizer is found (Debian: llvm-14).
+if [ -z "${ASAN_SYMBOLIZER_PATH:-}" ] && ! command -v llvm-symbolizer >/dev/null; then
+  if command -v llvm-symbolizer-14 >/dev/null; then export ASAN_SYMBOLIZER_PATH="$(command -v llvm-symbolizer-14)"; fi
+fi
+
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$BUILD/artifacts"

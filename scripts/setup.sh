@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 VENV="${TENSORSTREAM_VENV:-.venv}"
 TORCH_SPEC="${TENSORSTREAM_TORCH:-torch==2.13.0}"
 APT_PACKAGES=(build-essential pkg-config cmake ninja-build liburing-dev zlib1g-dev libssl-dev
-              libsodium23 libsodium-dev libcurl4-openssl-dev openssl nginx python3-dev python3-venv)
+              libsodium23 libsodium-dev libcurl4-openssl-dev openssl nginx python3-dev python3-venv
+              clang libclang-rt-14-dev llvm-14)  # the last three: fuzzing (libFuzzer) with symbolized reports
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

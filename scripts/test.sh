@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets everything up from nothing (scripts/setup.sh), then runs the C++ unit tests and the
-# pytest suite. Extra arguments go to pytest.
+# pytest suite, a short fuzzing pass and the sanitizer builds. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -13,3 +13,9 @@ cmake --build build/ctest --target core_tests
 
 echo "==> pytest"
 "$PY" -m pytest "$@"
+
+echo "==> fuzzing (a short pass over every parser)"
+bash scripts/fuzz.sh
+
+echo "==> sanitizers (ASan + UBSan: C++ tests and pytest; TSan: C++ tests)"
+bash scripts/sanitize.sh all "$@"
