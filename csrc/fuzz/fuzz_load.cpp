@@ -1,6 +1,8 @@
-// A whole load over arbitrary bytes: the index, every per-tensor header, then the data through a
-// Loader into destinations of exactly each tensor's size, so the engine-level checks (hashes,
-// decryption, chunking) run on hostile input too.
+// A whole load over arbitrary bytes: the index, every per-tensor header, then the data into
+// destinations of exactly each tensor's size, so the engine-level checks (hashes, decryption,
+// chunking) run on hostile input too. Each input is loaded twice, by the Loader (CPU) and by the
+// DeviceLoader's ring pipeline with the host stand-in for the device copy (small slots, so data
+// spans turns): both must succeed with the same bytes, or both refuse the file.
 //
 // Input: one option byte, then the file.
 //   bit 0     verify_hash
@@ -10,12 +12,16 @@
 //   bits 3-5  read chunk size: 64 << n bytes
 //   bit 6     load every other tensor only
 //   bit 7     request the tensors in reverse order
-// Files are read from memory by one worker, so a run is deterministic.
+// Files are read from memory by one worker, copies run inline: a run is deterministic.
 #include <algorithm>
+#include <cstring>
 #include <memory>
+#include <stdexcept>
 #include <vector>
 
 #include "fuzz_util.hpp"
+#include "tensorstream/cuda/copier.hpp"
+#include "tensorstream/device/device_loader.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/format/tensorizer.hpp"
 #include "tensorstream/io/source.hpp"
@@ -41,37 +47,88 @@ bool cheap_kdfs(const Source& src, const tz::Index& idx) {
   return true;
 }
 
-void set_keys(Loader& loader, const tz::Index& idx, uint8_t opts) {
+void set_keys(crypto::KeySource& keys, const Source& src, const tz::Index& idx, uint8_t opts) {
   const bool encrypted = idx.header.encrypted();
   if (!encrypted && !(opts & 0x04)) return;
-  if ((opts & 0x02) && encrypted && cheap_kdfs(loader.source(), idx))
-    loader.keys().set_passphrase(fuzz::kPassphrase);
+  if ((opts & 0x02) && encrypted && cheap_kdfs(src, idx))
+    keys.set_passphrase(fuzz::kPassphrase);
   else
-    loader.keys().set_key(std::string(fuzz::kKey, 32));
+    keys.set_key(std::string(fuzz::kKey, 32));
+}
+
+// Every requested tensor's bytes, or nothing when the loader refused the file.
+struct Outcome {
+  bool loaded = false;
+  std::vector<std::vector<uint8_t>> data;
+  std::vector<uint16_t> modules;
+};
+
+template <typename L>
+Outcome run(L& loader, const tz::Index& idx, std::vector<size_t> entries, uint8_t opts) {
+  Outcome out;
+  std::vector<LoadRequest> reqs;
+  for (size_t i : entries) {
+    out.data.emplace_back(idx.entries[i].data_length);
+    auto& d = out.data.back();
+    reqs.push_back(LoadRequest{i, d.empty() ? nullptr : d.data(), d.size()});
+  }
+  try {
+    out.modules = loader.load(idx, reqs, opts & 0x01);
+  } catch (const FormatError&) {
+    return out;
+  } catch (const HashMismatchError&) {
+    return out;
+  } catch (const CryptographyError&) {  // and KeyRequiredError
+    return out;
+  }
+  FUZZ_CHECK(out.modules.size() == reqs.size());
+  out.loaded = true;
+  return out;
 }
 
 void load(const uint8_t* file, size_t size, uint8_t opts) {
   auto src = std::make_shared<MemorySource>(file, size, nullptr);
-  tz::Index idx = tz::read_index(*src);
+  tz::Index idx;
+  try {
+    idx = tz::read_index(*src);
+  } catch (const FormatError&) {
+    return;
+  }
+  std::vector<size_t> entries;
+  for (size_t i = 0; i < idx.entries.size(); i += (opts & 0x40) ? 2 : 1) {
+    // The index keeps every tensor's data inside the file, so this is bounded by the input.
+    FUZZ_CHECK(idx.entries[i].data_length <= size);
+    entries.push_back(i);
+  }
+  if (opts & 0x80) std::reverse(entries.begin(), entries.end());
+
   EngineOptions eo;
   eo.backend = "posix";
   eo.threads = 1;
   eo.chunk_bytes = size_t{64} << ((opts >> 3) & 7);
-  Loader loader(src, eo);
-  set_keys(loader, idx, opts);
+  Loader cpu(src, eo);
+  set_keys(cpu.keys(), *src, idx, opts);
+  const Outcome a = run(cpu, idx, entries, opts);
 
-  std::vector<std::unique_ptr<uint8_t[]>> buffers;
-  std::vector<LoadRequest> reqs;
-  for (size_t i = 0; i < idx.entries.size(); i += (opts & 0x40) ? 2 : 1) {
-    const uint64_t n = idx.entries[i].data_length;
-    // The index keeps every tensor's data inside the file, so this is bounded by the input.
-    FUZZ_CHECK(n <= size);
-    buffers.emplace_back(n ? new uint8_t[n] : nullptr);
-    reqs.push_back(LoadRequest{i, buffers.back().get(), n});
+  RingOptions ro;
+  ro.slots = 3;
+  ro.slot_bytes = 4096;
+  ro.streams = 1;
+  ro.lanes = 1;
+  HostCopierOptions ho;
+  ho.background = false;
+  DeviceLoader ring(src, eo, ro, make_host_copier(1, ro.slots, ho));
+  set_keys(ring.keys(), *src, idx, opts);
+  Outcome b;
+  try {
+    b = run(ring, idx, entries, opts);
+  } catch (const std::invalid_argument& e) {
+    // The ring refuses a tensor encrypted in chunks larger than a slot; the CPU loader takes it.
+    FUZZ_CHECK(std::strstr(e.what(), "more than a ring slot") != nullptr);
+    return;
   }
-  if (opts & 0x80) std::reverse(reqs.begin(), reqs.end());
-  auto modules = loader.load(idx, reqs, opts & 0x01);
-  FUZZ_CHECK(modules.size() == reqs.size());
+  FUZZ_CHECK(a.loaded == b.loaded);
+  if (a.loaded) FUZZ_CHECK(a.data == b.data && a.modules == b.modules);
 }
 
 }  // namespace
@@ -80,11 +137,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   // The file in its own allocation, so that reading past its end is caught.
   std::vector<uint8_t> file(data + 1, data + size);
-  try {
-    load(file.data(), file.size(), data[0]);
-  } catch (const FormatError&) {
-  } catch (const HashMismatchError&) {
-  } catch (const CryptographyError&) {  // and KeyRequiredError
-  }
+  load(file.data(), file.size(), data[0]);
   return 0;
 }
