@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import textwrap
@@ -244,6 +245,33 @@ def test_closing_while_loading_stops_the_load(model, standin):
     del loaded, outcome
     gc.collect()
     assert _threads() == threads  # the loader's copy thread went with it
+
+
+def test_ctrl_c_stops_a_ring_load_and_the_deserializer_stays_usable(model, standin):
+    path, sd = model
+    standin("host,delay_us=20000", ring_mb=1, slots=8)  # 24 copies of 20 ms for the big tensor
+    loading = threading.Event()
+
+    def handler(signum, frame):
+        if loading.is_set():  # a late signal must not escape the test
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        with TensorDeserializer(path, lazy_load=True) as lazy:
+            timer = threading.Timer(0.05, lambda: os.kill(os.getpid(), signal.SIGINT))
+            loading.set()
+            timer.start()
+            start = time.perf_counter()
+            with pytest.raises(KeyboardInterrupt):
+                lazy["big"]
+            loading.clear()
+            timer.join()
+            assert time.perf_counter() - start < 0.4  # stopped, not finished (about 0.5 s)
+            assert not lazy._cache
+            assert raw_bytes(lazy["big"]) == raw_bytes(sd["big"])  # the next load runs whole
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.parametrize("lanes", ["1", "2"])
