@@ -16,6 +16,16 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def round_order(methods: list, r: int) -> list:
+    """The order of round r: the methods shuffled with r as the seed, so that no method always
+    runs right after the same neighbour (what a process leaves behind can slow the next one)."""
+    import random
+
+    order = list(methods)
+    random.Random(r).shuffle(order)
+    return order
+
+
 def summarize(name: str, runs: list[dict], warmups: list[dict], nbytes: int) -> dict:
     """One method's counted runs -> median seconds, GB/s, worst peak RSS, overall check."""
     everything = runs + warmups

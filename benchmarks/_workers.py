@@ -16,6 +16,18 @@ COPY_THREADS = 2
 HUGE = 2 << 20
 
 
+def settle(spec: dict) -> None:
+    """Waits spec["settle"] seconds before a timed region that fills new memory.
+
+    A virtual machine may hand memory freed by one process back to its host a few seconds later;
+    a process that starts right after another one freed its memory then gets it back cheaply,
+    while one that starts later (or in a fresh pod) pays a host fault on every first touch. The
+    wait gives every method the second, realistic case, whatever ran before it.
+    """
+    if spec.get("settle"):
+        time.sleep(spec["settle"])
+
+
 def _read_key(key_file: str | None) -> bytes | None:
     """The 32-byte key stored (as hex) by the encrypted saver; None without a key file."""
     if not key_file:
@@ -163,6 +175,7 @@ def _load_worker(spec: dict) -> dict:
     with open(spec["reference"]) as f:
         expected = json.load(f)["tensors"]
     load = _loader(spec["method"], spec.get("key_file"))
+    settle(spec)
     if spec["method"] == "ts-reload":
         _load_and_free(load, spec["path"])
     base = _system.status_mib("VmRSS")
@@ -209,6 +222,7 @@ def _copy_worker(spec: dict) -> dict:
     import threading
     import zlib
 
+    settle(spec)
     base = _system.status_mib("VmRSS")
     huge_before = _system.anon_huge_mib()
     t0 = time.perf_counter()

@@ -137,7 +137,7 @@ def run_curl(url: str, size: int, streams: int, timeout: float) -> dict:
 def run_load(args, spec: tuple, url: str, workdir: str, crc: int, env: dict) -> dict:
     loader, connections, own_env = spec
     job = {"kind": "load", "method": loader, "path": url, "file_crc32": crc,
-           "reference": os.path.join(workdir, "reference.json")}
+           "reference": os.path.join(workdir, "reference.json"), "settle": args.settle}
     res = bench_local.run_worker(job, {**env, **own_env}, workdir, args.timeout)
     engine = res.get("engine", "")
     if loader.startswith("ts-") and res["check"] == "pass" and engine != "http":
@@ -157,7 +157,8 @@ def load_all(args, servers: dict, urls: dict, sizes: dict, ref: dict, crc: int, 
     for r in range(args.warmup + args.runs):
         label = "warm-up" if r < args.warmup else f"run {r - args.warmup + 1}/{args.runs}"
         for link in servers:
-            for name, spec in plan[link].items():
+            for name in _report.round_order(list(plan[link]), r):
+                spec = plan[link][name]
                 fmt = _served(spec)
                 if fmt not in urls:
                     res = {"check": f"FAIL: its {fmt} file could not be saved"}
@@ -454,6 +455,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true",
                    help="reuse the files of an earlier run with the same size and seed")
     p.add_argument("--timeout", type=float, default=900, help="per-process limit in seconds")
+    p.add_argument("--settle", type=float, default=5.0,
+                   help="seconds each load process waits before its timed region, so that every "
+                        "method starts on memory the machine has settled (default 5; 0: none)")
     p.add_argument("--json", metavar="OUT", help="write all results as JSON to OUT")
     args = p.parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.size_gib <= 0 or args.cap_mbps < 0:

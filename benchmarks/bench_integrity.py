@@ -7,6 +7,9 @@ page cache into CPU memory; loads are timed as in bench_local.py and checked aga
 checksums outside the timed region. The ceilings are the same work on the same bytes already in
 memory, on all cores: XSalsa20-Poly1305 opening of the encrypted file's 2 MiB chunks with their real
 nonces and MACs (libsodium through ctypes), and CRC32 + SHA-256 of every tensor's header and data.
+Two more ceilings, the `-fresh` rows, add what every load into new memory must also do: the same
+threads first read each chunk from the page cache into fresh anonymous memory (4 KiB pages), then
+open or hash it there. They are informative; the targets are measured against the in-memory ones.
 Speeds are data bytes (the sum of the tensors' sizes) per second.
 """
 
@@ -24,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _report  # noqa: E402
 import _system  # noqa: E402
+import _workers  # noqa: E402
 import bench_local  # noqa: E402
 
 GIB = 1 << 30
@@ -34,15 +38,19 @@ REFERENCE = "integrity-reference.json"
 # method -> (file it reads, its ceiling, the tensorizer row it is compared with)
 METHODS = {
     "ceiling-decrypt": ("encrypted", None, None),
+    "ceiling-decrypt-fresh": ("encrypted", None, None),
     "ts-encrypted": ("encrypted", "ceiling-decrypt", "tensorizer-encrypted"),
     "ts-encrypted-verify": ("encrypted", "ceiling-decrypt", None),
     "tensorizer-encrypted": ("encrypted", "ceiling-decrypt", None),
     "ceiling-hash": ("plain", None, None),
+    "ceiling-hash-fresh": ("plain", None, None),
     "ts-plain": ("plain", None, None),
     "ts-verify": ("plain", "ceiling-hash", "tensorizer-verify"),
     "tensorizer-verify": ("plain", "ceiling-hash", None),
 }
-CEILINGS = ("ceiling-decrypt", "ceiling-hash")
+CEILINGS = ("ceiling-decrypt", "ceiling-decrypt-fresh", "ceiling-hash", "ceiling-hash-fresh")
+# the informative fresh-memory ceiling of each target's row
+FRESH = {"ts-encrypted": "ceiling-decrypt-fresh", "ts-verify": "ceiling-hash-fresh"}
 ENV = {"TENSORSTREAM_IO_BACKEND": "auto"}
 log = bench_local.log
 
@@ -105,7 +113,39 @@ def _read_file(path: str) -> bytearray:
     return buf
 
 
-def _tensors(path: str, buf: bytearray) -> list[tuple]:
+class _Headers:
+    """Byte slices of a file read on demand (pread), for parsing headers without reading the data."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __getitem__(self, span: slice) -> bytes:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            return os.pread(fd, span.stop - span.start, span.start)
+        finally:
+            os.close(fd)
+
+
+class _Fresh:
+    """Fresh anonymous memory of a file's size (4 KiB pages) that chunks are read into, each at its
+    own file offset, by the thread that then works on it."""
+
+    def __init__(self, path: str) -> None:
+        import ctypes
+
+        self.fd = os.open(path, os.O_RDONLY)
+        self.view, self._holder = _workers._fresh_buffer(os.fstat(self.fd).st_size, huge=False)
+        self.base = ctypes.addressof((ctypes.c_char * len(self.view)).from_buffer(self.view))
+
+    def read(self, offset: int, length: int) -> None:
+        _workers._pread_range(self.fd, self.view, offset, offset + length)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _tensors(path: str, buf) -> list[tuple]:
     """(name, entry, parsed header) of every tensor, from the file's index and headers."""
     from tensorstream import _core
 
@@ -161,9 +201,10 @@ def _decrypt_ceiling(spec: dict, threads: int, expected: dict) -> dict:
     open_detached.restype = ctypes.c_int
     with open(spec["key_file"]) as f:
         key = bytes.fromhex(f.read().strip())
-    buf = _read_file(spec["path"])
-    tensors = _tensors(spec["path"], buf)
-    base = ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+    fresh = spec["kind"].endswith("-fresh")
+    buf = None if fresh else _read_file(spec["path"])
+    tensors = _tensors(spec["path"], _Headers(spec["path"]) if fresh else buf)
+    base = 0 if fresh else ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
     tasks = []  # (address, length, MAC, nonce, tensor name), in file order
     for name, e, h in tensors:
         if e.data_length == 0:
@@ -174,17 +215,26 @@ def _decrypt_ceiling(spec: dict, threads: int, expected: dict) -> dict:
         first = int.from_bytes(nonce, "little")
         for i, pos in enumerate(range(0, e.data_length, chunk)):
             n = ((first + i) % (1 << 192)).to_bytes(24, "little")
-            tasks.append((base + e.data_offset + pos, min(chunk, e.data_length - pos),
+            tasks.append((e.data_offset + pos, min(chunk, e.data_length - pos),
                           macs[i] if i < len(macs) else b"\0" * 16, n, name))
 
     def work(task):
-        addr, size, mac, n, _ = task
-        return open_detached(addr, addr, mac, size, n, key)
+        at, size, mac, n, _ = task
+        if fresh:
+            mem.read(at, size)
+        return open_detached(base + at, base + at, mac, size, n, key)
 
+    if fresh:
+        _workers.settle(spec)
     base_rss = _system.status_mib("VmRSS")
     t0 = time.perf_counter()
+    if fresh:  # the fresh memory is allocated and first touched inside the timed region
+        mem = _Fresh(spec["path"])
+        buf, base = mem.view, mem.base
     codes = _on_threads(work, tasks, threads)
     seconds = time.perf_counter() - t0
+    if fresh:
+        mem.close()
     bad = [t[4] for t, c in zip(tasks, codes) if c != 0]
     problems = ([f"{len(bad)} of {len(tasks)} chunks did not open (first in {bad[0]})"]
                 if bad else _plaintext_problems(buf, tensors, expected))
@@ -198,40 +248,54 @@ def _hash_ceiling(spec: dict, threads: int, expected: dict) -> dict:
     import hashlib
     import zlib
 
-    buf = _read_file(spec["path"])
-    tensors = _tensors(spec["path"], buf)
-    view, tasks = memoryview(buf), []
+    fresh = spec["kind"].endswith("-fresh")
+    buf = None if fresh else _read_file(spec["path"])
+    tensors = _tensors(spec["path"], _Headers(spec["path"]) if fresh else buf)
+    tasks = []
     for name, e, h in tensors:
-        header = bytearray(buf[e.header_offset:e.data_offset])
+        header = bytearray(_Headers(spec["path"])[e.header_offset:e.data_offset])
         stored = {k: bytes(header[p:p + n]) for k, (p, n) in h["hashes"].items()}
         for p, n in h["hashes"].values():
             header[p:p + n] = bytes(n)
         if 0 not in stored or 1 not in stored:
             return {"check": f"FAIL: {name} lacks a CRC32 or SHA-256 hash"}
-        tasks.append((bytes(header), view[e.data_offset:e.data_offset + e.data_length],
+        tasks.append((bytes(header), e.data_offset, e.data_length,
                       int.from_bytes(stored[0], "little"), stored[1], name))
-    tasks.sort(key=lambda t: -len(t[1]))  # largest first: the threads finish together
+    tasks.sort(key=lambda t: -t[2])  # largest first: the threads finish together
 
     def work(task):
-        header, data, crc, sha, _ = task
+        header, at, length, crc, sha, _ = task
+        if fresh:
+            mem.read(at, length)
+        data = view[at:at + length]
         digest = hashlib.sha256(header)
         digest.update(data)
         return zlib.crc32(data, zlib.crc32(header)) == crc and digest.digest() == sha
 
     base_rss = _system.status_mib("VmRSS")
+    single = None
+    if not fresh:
+        view = memoryview(buf)
+        t0 = time.perf_counter()
+        _on_threads(work, tasks, 1)  # shows whether the threads below really run in parallel
+        single = time.perf_counter() - t0
+    if fresh:
+        _workers.settle(spec)
     t0 = time.perf_counter()
-    _on_threads(work, tasks, 1)  # shows whether the threads below really run in parallel
-    single = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    if fresh:  # the fresh memory is allocated and first touched inside the timed region
+        mem = _Fresh(spec["path"])
+        buf = view = mem.view
     oks = _on_threads(work, tasks, threads)
     seconds = time.perf_counter() - t0
-    bad = [t[4] for t, ok in zip(tasks, oks) if not ok]
+    if fresh:
+        mem.close()
+    bad = [t[5] for t, ok in zip(tasks, oks) if not ok]
     problems = ([f"{len(bad)} of {len(tasks)} tensors do not match their stored hashes "
                  f"(first {bad[0]})"] if bad else _plaintext_problems(buf, tensors, expected))
     tasks.clear()
-    view.release()
     return {"seconds": seconds, "single_s": single, "base_rss_mib": base_rss,
-            "engine": f"{threads} threads, {single / seconds:.2f}x one thread",
+            "engine": (f"{threads} threads, into fresh memory" if fresh else
+                       f"{threads} threads, {single / seconds:.2f}x one thread"),
             "check": "FAIL: " + "; ".join(problems[:3]) if problems else "pass"}
 
 
@@ -239,7 +303,7 @@ def ceiling_worker(spec: dict) -> None:
     with open(spec["reference"]) as f:
         expected = json.load(f)["tensors"]
     threads = len(os.sched_getaffinity(0))
-    run = _decrypt_ceiling if spec["kind"] == "ceiling-decrypt" else _hash_ceiling
+    run = _decrypt_ceiling if spec["kind"].startswith("ceiling-decrypt") else _hash_ceiling
     result = run(spec, threads, expected)
     result["peak_rss_mib"] = _system.peak_rss_mib()
     with open(spec["out"], "w") as f:
@@ -330,16 +394,16 @@ def warm_files(workdir: str) -> dict:
 
 
 def load_all(args, workdir: str, methods: list[str], ref: dict) -> dict:
-    """Warm-up rounds, then timed rounds; every round runs every method once, in order."""
+    """Warm-up rounds, then timed rounds; every round runs every method once (see round_order)."""
     runs = {m: [] for m in methods}
     warm = {m: [] for m in methods}
     for r in range(args.warmup + args.runs):
         label = "warm-up" if r < args.warmup else f"run {r - args.warmup + 1}/{args.runs}"
-        for m in methods:
+        for m in _report.round_order(methods, r):
             spec = {"kind": m if m in CEILINGS else "load", "method": m,
                     "path": _path(workdir, METHODS[m][0]),
                     "reference": os.path.join(workdir, REFERENCE),
-                    "key_file": os.path.join(workdir, KEY_FILE)}
+                    "key_file": os.path.join(workdir, KEY_FILE), "settle": args.settle}
             t0 = time.perf_counter()
             res = run_worker(spec, workdir, args.timeout)
             wall = time.perf_counter() - t0
@@ -396,6 +460,17 @@ def targets(loads: dict) -> list[dict]:
     return out
 
 
+def fresh_lines(loads: dict) -> str:
+    """Each target row against its fresh-memory ceiling (informative, not a target)."""
+    lines = []
+    for m, f in FRESH.items():
+        r = _ratio(loads.get(m, {}), loads.get(f, {}))
+        if r is not None:
+            lines.append(f"info     {m} = {100 * r:.0f}% of {f} ({loads[m]['gbps']:.2f} vs "
+                         f"{loads[f]['gbps']:.2f} GB/s; reading into new memory included)")
+    return "\n".join(lines)
+
+
 def report(args, info: dict, ts: dict, saves: list, loads: dict, ref: dict, extra: dict) -> int:
     """Print the tables and targets, write --json; the exit status (1: something failed)."""
     results = targets(loads)
@@ -407,6 +482,8 @@ def report(args, info: dict, ts: dict, saves: list, loads: dict, ref: dict, extr
         log("")
     log(load_table(loads) + "\n")
     log(_report.target_lines(results))
+    if fresh_lines(loads):
+        log(fresh_lines(loads))
     tz = loads.get("tensorizer-encrypted")
     if tz:
         log("compat   tensorizer " + ("reads" if tz["check"] == "pass" else "did NOT read") +
@@ -467,6 +544,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true",
                    help="reuse the files and key of an earlier run with the same size and seed")
     p.add_argument("--timeout", type=float, default=900, help="per-process limit in seconds")
+    p.add_argument("--settle", type=float, default=5.0,
+                   help="seconds each load process waits before its timed region, so that every "
+                        "method starts on memory the machine has settled (default 5; 0: none)")
     p.add_argument("--json", metavar="OUT", help="write all results as JSON to OUT")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

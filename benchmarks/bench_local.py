@@ -153,19 +153,20 @@ def run_method(method: str, args, workdir: str, tensors_file: str, crc: int) -> 
         return run_cat(tensors_file)
     spec = {"kind": "copy" if method.startswith("copy") else "load", "method": method,
             "path": tensors_file if fmt is None else _path(workdir, fmt),
-            "reference": os.path.join(workdir, "reference.json"), "file_crc32": crc}
+            "reference": os.path.join(workdir, "reference.json"), "file_crc32": crc,
+            "settle": args.settle}
     return run_worker(spec, env, workdir, args.timeout)
 
 
 def load_all(args, workdir: str, methods: list[str], ref: dict, cache: dict) -> dict:
-    """Warm-up rounds, then timed rounds; every round runs every method once, in order."""
+    """Warm-up rounds, then timed rounds; every round runs every method once (see round_order)."""
     tensors_fmt = "tensorstream" if "tensorstream" in cache else "tensorizer"
     tensors_file, file_size = _path(workdir, tensors_fmt), ref["files"][tensors_fmt]["size"]
     runs = {m: [] for m in methods}
     warm = {m: [] for m in methods}
     for r in range(args.warmup + args.runs):
         label = "warm-up" if r < args.warmup else f"run {r - args.warmup + 1}/{args.runs}"
-        for m in methods:
+        for m in _report.round_order(methods, r):
             res = run_method(m, args, workdir, tensors_file, cache[tensors_fmt]["crc32"])
             (warm if r < args.warmup else runs)[m].append(res)
             nbytes = file_size if m in CEILINGS else ref["model_bytes"]
@@ -293,6 +294,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true",
                    help="reuse the files of an earlier run with the same size and seed")
     p.add_argument("--timeout", type=float, default=900, help="per-process limit in seconds")
+    p.add_argument("--settle", type=float, default=5.0,
+                   help="seconds each load process waits before its timed region, so that every "
+                        "method starts on memory the machine has settled (default 5; 0: none)")
     p.add_argument("--json", metavar="OUT", help="write all results as JSON to OUT")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -15,7 +15,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_http.py"
 LOADERS = ["ts-http", "ts-http-c4", "tensorizer", "ts-s3", "tensorizer-s3", "runai", "runai-c4"]
 CEILINGS = {"loopback": ["curl-1", "curl-4r"], "capped": ["curl-4r"]}
 # A tiny model, one run, one connection variant per library, a cap high enough to finish in moments.
-SMOKE = ["--size-gib", "0.02", "--runs", "1", "--warmup", "0", "--connections", "4",
+SMOKE = ["--size-gib", "0.02", "--runs", "1", "--warmup", "0", "--settle", "0", "--connections", "4",
          "--s3-connections", "--runai-concurrency", "4", "--curl-ranges", "4", "--cap-mbps", "400"]
 
 pytestmark = pytest.mark.slow

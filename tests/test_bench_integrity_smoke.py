@@ -12,15 +12,16 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_integrity.py"
-ALL_METHODS = ["ceiling-decrypt", "ts-encrypted", "ts-encrypted-verify", "tensorizer-encrypted",
-               "ceiling-hash", "ts-plain", "ts-verify", "tensorizer-verify"]
+ALL_METHODS = ["ceiling-decrypt", "ceiling-decrypt-fresh", "ts-encrypted", "ts-encrypted-verify",
+               "tensorizer-encrypted", "ceiling-hash", "ceiling-hash-fresh", "ts-plain", "ts-verify",
+               "tensorizer-verify"]
 FILES = ["integrity-reference.json", "model.encrypted.key", "model.plain.tensors",
          "model.encrypted.tensors"]
 
 
 def _bench(workdir: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
     out = workdir / "result.json"
-    cmd = [sys.executable, str(BENCH), "--size-gib", "0.02", "--runs", "1", "--warmup", "0",
+    cmd = [sys.executable, str(BENCH), "--size-gib", "0.02", "--runs", "1", "--warmup", "0", "--settle", "0",
            "--workdir", str(workdir), "--json", str(out), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     report = json.loads(out.read_text()) if out.exists() else {}
@@ -48,6 +49,8 @@ def test_every_row_loads_correct_tensors(smoke):
         assert s["peak_rss_mib"] > s["bytes"] / 2**20, (name, s)
     assert "chunks of 2 MiB" in rows["ceiling-decrypt"]["engine"]
     assert "x one thread" in rows["ceiling-hash"]["engine"]
+    assert "into fresh memory" in rows["ceiling-hash-fresh"]["engine"]
+    assert "chunks of 2 MiB" in rows["ceiling-decrypt-fresh"]["engine"]
     assert [s["format"] for s in report["save"]] == ["plain", "encrypted"]
     assert all(s["check"] == "pass" for s in report["save"]), report["save"]
     verdicts = {t["target"]: t["verdict"] for t in report["targets"]}
@@ -92,6 +95,8 @@ def test_damaged_files_fail_every_row(smoke, tmp_path):
         assert f"FAILED {name}: " in proc.stdout
     assert "did not open" in rows["ceiling-decrypt"]["failures"][0]
     assert "stored hashes" in rows["ceiling-hash"]["failures"][0]
+    assert "did not open" in rows["ceiling-decrypt-fresh"]["failures"][0]
+    assert "stored hashes" in rows["ceiling-hash-fresh"]["failures"][0]
     assert "crc32" in rows["ts-plain"]["failures"][0]
     assert "CryptographyError" in rows["ts-encrypted"]["failures"][0]
     assert "HashMismatchError" in rows["ts-verify"]["failures"][0]
