@@ -91,14 +91,30 @@ def _layout(records: Sequence[Record]) -> tuple[list[int], int]:
     return offsets, -(-end // HUGE_PAGE) * HUGE_PAGE
 
 
-def arena(size: int) -> torch.Tensor:
-    """``size`` bytes of fresh private anonymous memory, advised for huge pages, as uint8.
+def _huge_pages() -> bool:
+    """Whether eager loads advise their arena for transparent huge pages (TENSORSTREAM_HUGE_PAGES).
 
-    The mapping is one huge page longer than asked and the result starts at a 2 MiB boundary
-    (older kernels do not align anonymous mappings); the untouched slack costs no memory.
+    Off by default: measured on a virtual machine that returns freed memory to its host, filling
+    fresh memory advised for huge pages ran at half the speed of ordinary 4 KiB pages
+    (see BENCHMARKS.md). Hosts where huge-page faults are cheap may gain by turning it on.
+    """
+    value = os.environ.get("TENSORSTREAM_HUGE_PAGES", "0").strip().lower()
+    if value in ("1", "on", "true", "yes"):
+        return True
+    if value in ("", "0", "off", "false", "no"):
+        return False
+    raise ValueError(f"TENSORSTREAM_HUGE_PAGES must be 0 or 1 (or on/off), not {value!r}")
+
+
+def arena(size: int) -> torch.Tensor:
+    """``size`` bytes of fresh private anonymous memory as uint8, starting on a 2 MiB boundary.
+
+    The mapping is one huge page longer than asked (older kernels do not align anonymous
+    mappings); the untouched slack costs no memory. It is advised for huge pages, or against
+    them, as ``_huge_pages()`` says, so that the kernel's THP mode does not decide alone.
     """
     region = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    advice = getattr(mmap, "MADV_HUGEPAGE" if _huge_pages() else "MADV_NOHUGEPAGE", None)
     if advice is not None:
         try:
             region.madvise(advice)
