@@ -294,8 +294,8 @@ def _hash_ceiling(spec: dict, threads: int, expected: dict) -> dict:
                  f"(first {bad[0]})"] if bad else _plaintext_problems(buf, tensors, expected))
     tasks.clear()
     return {"seconds": seconds, "single_s": single, "base_rss_mib": base_rss,
-            "engine": (f"{threads} threads, into fresh memory" if fresh else
-                       f"{threads} threads, {single / seconds:.2f}x one thread"),
+            "engine": f"{threads} threads" + (", into fresh memory" if fresh else ""),
+            "parallel_x": None if single is None else single / seconds,
             "check": "FAIL: " + "; ".join(problems[:3]) if problems else "pass"}
 
 
@@ -411,7 +411,8 @@ def load_all(args, workdir: str, methods: list[str], ref: dict) -> dict:
             rss = res.get("peak_rss_mib")
             speed = (f"{res['seconds']:7.3f} s {ref['model_bytes'] / res['seconds'] / 1e9:6.2f} "
                      f"GB/s  peak RSS {rss:6.0f} MiB" if "seconds" in res else "")
-            log(f"load  {label:9} {m:20}{speed}  {res.get('engine') or ''}  {res['check']}"
+            par = f" ({res['parallel_x']:.2f}x one thread)" if res.get("parallel_x") else ""
+            log(f"load  {label:9} {m:20}{speed}  {res.get('engine') or ''}{par}  {res['check']}"
                 f"  ({wall:.1f} s with start-up)")
     return {m: _report.summarize(m, runs[m], warm[m], ref["model_bytes"]) for m in methods}
 
