@@ -18,6 +18,9 @@ configure() {  # build folder, sanitizers, more cmake arguments
 
 run_asan() {
   local build=build/asan
+  # The instrumented module is built outside pip, so it needs pybind11's CMake files in the venv
+  # (pip's isolated build environment, which had them, is gone).
+  "$PY" -c "import pybind11" 2>/dev/null || "$PY" -m pip install -q "pybind11>=2.12"
   configure "$build" "address;undefined" -DTENSORSTREAM_BUILD_PYTHON=ON \
     -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$("$PY" -c 'import sys; print(sys.executable)')"
   cmake --build "$build" --target core_tests _core
