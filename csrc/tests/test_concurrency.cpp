@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "check.hpp"
+#include "memory_sink.hpp"
 #include "tensorstream/crypto.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/io/engine.hpp"
@@ -92,18 +93,6 @@ std::shared_ptr<FileSource> written_file(Crypt c) {
   return src;
 }
 
-struct VectorSink final : StreamSink {
-  std::vector<uint8_t>* out;
-  std::vector<uint8_t> body;
-  explicit VectorSink(std::vector<uint8_t>* o) : out(o) {}
-  void append(const uint8_t* d, size_t n) override { body.insert(body.end(), d, d + n); }
-  void finish(const uint8_t* p, size_t n) override {
-    out->assign(p, p + n);
-    out->insert(out->end(), body.begin(), body.end());
-  }
-  void abort() noexcept override {}
-};
-
 // Loads every tensor (in reverse order) and checks its bytes.
 void load_and_check(const std::shared_ptr<Source>& src, const std::string& backend, bool verify, Crypt c) {
   EngineOptions o;
@@ -159,7 +148,7 @@ TEST(streamed_writer_output_loads_concurrently_from_memory) {
   for (Crypt c : {Crypt::kNone, Crypt::kKey}) {
     auto bytes = std::make_shared<std::vector<uint8_t>>();
     {
-      Writer w(std::make_unique<VectorSink>(bytes.get()), kWorkers);
+      Writer w(std::make_unique<tst::MemorySink>(bytes.get()), kWorkers);
       set_writer_crypt(w, c);
       auto recs = model().records();
       w.write({recs.begin(), recs.begin() + 5});

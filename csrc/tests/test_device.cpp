@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "check.hpp"
+#include "memory_sink.hpp"
 #include "tensorstream/cuda/copier.hpp"
 #include "tensorstream/cuda/driver.hpp"
 #include "tensorstream/device/device_loader.hpp"
@@ -15,18 +16,6 @@
 using namespace ts;
 
 namespace {
-
-struct MemorySink final : StreamSink {
-  std::vector<uint8_t>* out;
-  std::vector<uint8_t> body;
-  explicit MemorySink(std::vector<uint8_t>* o) : out(o) {}
-  void append(const uint8_t* d, size_t n) override { body.insert(body.end(), d, d + n); }
-  void finish(const uint8_t* p, size_t n) override {
-    out->assign(p, p + n);
-    out->insert(out->end(), body.begin(), body.end());
-  }
-  void abort() noexcept override {}
-};
 
 std::vector<uint8_t> pattern(size_t n, unsigned seed) {
   std::vector<uint8_t> v(n);
@@ -52,7 +41,7 @@ struct Model {
       r.data = data[i].data();
       recs.push_back(r);
     }
-    Writer w(std::make_unique<MemorySink>(&file), 2);
+    Writer w(std::make_unique<tst::MemorySink>(&file), 2);
     if (encrypt) w.set_encryption(key, std::nullopt);
     w.write(recs);
     w.close();

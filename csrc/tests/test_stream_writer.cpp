@@ -10,22 +10,10 @@
 #include <vector>
 
 #include "check.hpp"
+#include "memory_sink.hpp"
 #include "tensorstream/writer.hpp"
 
 namespace {
-
-struct MemorySink final : ts::StreamSink {
-  std::vector<uint8_t>* out;
-  bool* aborted;
-  std::vector<uint8_t> body;
-  MemorySink(std::vector<uint8_t>* o, bool* a) : out(o), aborted(a) {}
-  void append(const uint8_t* d, size_t n) override { body.insert(body.end(), d, d + n); }
-  void finish(const uint8_t* p, size_t n) override {
-    out->assign(p, p + n);
-    out->insert(out->end(), body.begin(), body.end());
-  }
-  void abort() noexcept override { *aborted = true; }
-};
 
 std::vector<ts::WriteRecord> records(const std::vector<std::vector<uint8_t>>& data, size_t first) {
   std::vector<ts::WriteRecord> out;
@@ -69,7 +57,7 @@ TEST(streamed_writer_matches_positioned_writer) {
   std::vector<uint8_t> streamed;
   bool aborted = false;
   {
-    ts::Writer w(std::make_unique<MemorySink>(&streamed, &aborted), 2);
+    ts::Writer w(std::make_unique<tst::MemorySink>(&streamed, &aborted), 2);
     w.write(records(a, 0));
     w.write(records(b, a.size()));
     w.close();
@@ -82,7 +70,7 @@ TEST(streamed_writer_matches_positioned_writer) {
 TEST(streamed_writer_abandons_object_on_error) {
   std::vector<uint8_t> out;
   bool aborted = false;
-  ts::Writer w(std::make_unique<MemorySink>(&out, &aborted), 1);
+  ts::Writer w(std::make_unique<tst::MemorySink>(&out, &aborted), 1);
   std::vector<ts::WriteRecord> bad(1);
   bad[0].spec.name = "x";
   bad[0].spec.dtype = "<f4";
@@ -103,7 +91,7 @@ TEST(streamed_writer_destroyed_unclosed_aborts) {
   std::vector<uint8_t> out;
   bool aborted = false;
   {
-    ts::Writer w(std::make_unique<MemorySink>(&out, &aborted), 1);
+    ts::Writer w(std::make_unique<tst::MemorySink>(&out, &aborted), 1);
     std::vector<std::vector<uint8_t>> ok{std::vector<uint8_t>(16, 1)};
     w.write(records(ok, 0));
   }
