@@ -173,13 +173,18 @@ def test_plaintext_tensor_in_encrypted_file_is_refused(sample):
     assert info.value.tensor == "w"
 
 
-def test_sequential_chunk_is_read(sample):
-    """Type 3 (one nonce and MAC over the whole data) equals a one-chunk parallel block."""
+def _small_one_chunk_file(seed):
+    """A random key, a 1000-element tensor, its encrypted file (one crypto chunk), that chunk's nonce and MAC."""
     params = EncryptionParams.random()
-    small = random_tensor((1000,), torch.float64, seed=6)
+    small = random_tensor((1000,), torch.float64, seed=seed)
     data = _encrypted(params, small)
     contents = block_of(data)
-    nonce, mac = contents[20:44], contents[-16:]
+    return params, small, data, contents[20:44], contents[-16:]
+
+
+def test_sequential_chunk_is_read(sample):
+    """Type 3 (one nonce and MAC over the whole data) equals a one-chunk parallel block."""
+    params, small, data, nonce, mac = _small_one_chunk_file(seed=6)
     sequential = with_block(data, blocks(chunk(3, nonce + mac)))
     got = _load(sequential, params)["w"]  # the header changed size, so its stored hashes no longer match
     assert got.view(torch.int64).tolist() == small.view(torch.int64).tolist()
@@ -188,11 +193,7 @@ def test_sequential_chunk_is_read(sample):
 @pytest.mark.parametrize("chunk_size", [CHUNK, 2**63, 2**64 - 64])
 def test_chunk_size_beyond_the_data_is_one_chunk(chunk_size):
     """Any legal chunk size larger than the data gives one chunk (near 2**64 the count once wrapped)."""
-    params = EncryptionParams.random()
-    small = random_tensor((1000,), torch.float64, seed=7)
-    data = _encrypted(params, small)
-    contents = block_of(data)
-    nonce, mac = contents[20:44], contents[-16:]
+    params, small, data, nonce, mac = _small_one_chunk_file(seed=7)
     got = _load(with_block(data, blocks(parallel(chunk_size, nonce, [mac]))), params)["w"]
     assert got.view(torch.int64).tolist() == small.view(torch.int64).tolist()
 
