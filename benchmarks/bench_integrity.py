@@ -158,6 +158,14 @@ def _tensors(path: str, buf) -> list[tuple]:
     return out
 
 
+def _ceiling_input(spec: dict) -> tuple[bool, bytearray | None, list[tuple]]:
+    """Whether the ceiling works in fresh memory; the whole file in memory (None for a fresh one,
+    which reads the data inside its timed region); the tensors, parsed from the file's headers."""
+    fresh = spec["kind"].endswith("-fresh")
+    buf = None if fresh else _read_file(spec["path"])
+    return fresh, buf, _tensors(spec["path"], _Headers(spec["path"]) if fresh else buf)
+
+
 def _on_threads(work, tasks: list, threads: int) -> list:
     """work(task) for every task, `threads` threads taking the next task from one shared list."""
     import threading
@@ -201,9 +209,7 @@ def _decrypt_ceiling(spec: dict, threads: int, expected: dict) -> dict:
     open_detached.restype = ctypes.c_int
     with open(spec["key_file"]) as f:
         key = bytes.fromhex(f.read().strip())
-    fresh = spec["kind"].endswith("-fresh")
-    buf = None if fresh else _read_file(spec["path"])
-    tensors = _tensors(spec["path"], _Headers(spec["path"]) if fresh else buf)
+    fresh, buf, tensors = _ceiling_input(spec)
     base = 0 if fresh else ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
     tasks = []  # (address, length, MAC, nonce, tensor name), in file order
     for name, e, h in tensors:
@@ -248,12 +254,11 @@ def _hash_ceiling(spec: dict, threads: int, expected: dict) -> dict:
     import hashlib
     import zlib
 
-    fresh = spec["kind"].endswith("-fresh")
-    buf = None if fresh else _read_file(spec["path"])
-    tensors = _tensors(spec["path"], _Headers(spec["path"]) if fresh else buf)
+    fresh, buf, tensors = _ceiling_input(spec)
+    headers = _Headers(spec["path"]) if fresh else buf
     tasks = []
     for name, e, h in tensors:
-        header = bytearray(_Headers(spec["path"])[e.header_offset:e.data_offset])
+        header = bytearray(headers[e.header_offset:e.data_offset])
         stored = {k: bytes(header[p:p + n]) for k, (p, n) in h["hashes"].items()}
         for p, n in h["hashes"].values():
             header[p:p + n] = bytes(n)
