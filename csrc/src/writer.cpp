@@ -14,6 +14,7 @@
 #include "tensorstream/errors.hpp"
 #include "tensorstream/hash.hpp"
 #include "tensorstream/io/engine.hpp"
+#include "tensorstream/thread_group.hpp"
 
 namespace ts {
 
@@ -175,7 +176,7 @@ void Writer::hash_and_write(const std::vector<WriteRecord>& records, const std::
   std::atomic<size_t> next{0};
   std::exception_ptr error;
   std::mutex error_mu;
-  auto worker = [&] {
+  auto worker = [&](size_t) {
     for (size_t k; (k = next.fetch_add(1)) < order.size();) {
       size_t i = order[k];
       try {
@@ -205,11 +206,7 @@ void Writer::hash_and_write(const std::vector<WriteRecord>& records, const std::
       }
     }
   };
-  std::vector<std::thread> pool;
-  size_t n = std::min<size_t>(threads_, order.size());
-  for (size_t t = 1; t < n; ++t) pool.emplace_back(worker);
-  worker();
-  for (auto& t : pool) t.join();
+  run_workers(std::min<size_t>(threads_, order.size()), worker);
   if (error) std::rethrow_exception(error);
 }
 
@@ -219,7 +216,7 @@ void Writer::hash_then_stream(const std::vector<WriteRecord>& records, const std
   std::atomic<size_t> next{0};
   std::exception_ptr error;
   std::mutex error_mu;
-  auto worker = [&] {
+  auto worker = [&](size_t) {
     for (size_t i; (i = next.fetch_add(1)) < records.size();) {
       try {
         TensorHasher h;
@@ -239,11 +236,7 @@ void Writer::hash_then_stream(const std::vector<WriteRecord>& records, const std
       }
     }
   };
-  std::vector<std::thread> pool;
-  size_t n = std::min<size_t>(threads_, records.size());
-  for (size_t t = 1; t < n; ++t) pool.emplace_back(worker);
-  worker();
-  for (auto& t : pool) t.join();
+  run_workers(std::min<size_t>(threads_, records.size()), worker);
   if (error) std::rethrow_exception(error);
   for (size_t i = 0; i < records.size(); ++i) {
     sink_->append(headers[i].bytes.data(), headers[i].bytes.size());

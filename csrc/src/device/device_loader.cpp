@@ -10,6 +10,7 @@
 #include "tensorstream/device/segment_streams.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/tensor_checks.hpp"
+#include "tensorstream/thread_group.hpp"
 
 namespace ts {
 
@@ -86,17 +87,16 @@ class DeviceLoader::Run {
 
   void execute() {
     const unsigned lanes = std::min<unsigned>(L_.ring_.lanes, std::max<size_t>(turns_.size(), 1));
-    std::vector<std::thread> pool;
-    for (unsigned l = 1; l < lanes; ++l) {
-      try {
-        pool.emplace_back([this, l, lanes] { lane(l, lanes); });
-      } catch (...) {
-        fail(std::current_exception());
-        break;
+    {
+      ThreadGroup pool;  // a lane the system refuses a thread for is an error (lanes own turns)
+      for (unsigned l = 1; l < lanes; ++l) {
+        if (!pool.spawn([this, l, lanes] { lane(l, lanes); })) {
+          fail(std::make_exception_ptr(IoError(EAGAIN, "cannot start a ring lane thread", "")));
+          break;
+        }
       }
+      lane(0, lanes);
     }
-    lane(0, lanes);
-    for (auto& t : pool) t.join();
     if (!error_) finish_copies();
     if (error_) {
       L_.copier_->drain();  // nothing may still write to the destinations or read the slots

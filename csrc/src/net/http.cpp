@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "tensorstream/errors.hpp"
+#include "tensorstream/thread_group.hpp"
 
 namespace ts {
 
@@ -169,10 +170,7 @@ class HttpEngine final : public ReadEngine {
         shared.failed = true;
       }
     };
-    std::vector<std::thread> pool;
-    for (size_t t = 1; t < threads; ++t) pool.emplace_back(work, t);
-    work(0);
-    for (auto& t : pool) t.join();
+    run_workers(threads, work);
     if (shared.error) std::rethrow_exception(shared.error);
   }
 
