@@ -71,8 +71,10 @@ def _loader(method: str, key_file: str | None = None):
     elif method.startswith("ts-"):
         import tensorstream
 
+        zero_copy = method == "ts-mmap"
+
         def load(path):
-            d = tensorstream.TensorDeserializer(path, device="cpu")
+            d = tensorstream.TensorDeserializer(path, device="cpu", zero_copy=zero_copy)
             return dict(d.items()), str(getattr(d, "io_backend", "?")), d
     elif method == "tensorizer":
         from tensorizer import TensorDeserializer

@@ -71,11 +71,16 @@ def _region(size: int) -> tuple[mmap.mmap, int]:
 
 
 def slices(spans: Sequence[tuple[int, int]], size: int) -> list[torch.Tensor]:
-    """One uint8 tensor with a storage of its own for each ``(offset, nbytes)`` of an arena of ``size``.
-
-    ``nbytes`` must be positive; offsets are relative to a 2 MiB boundary.
-    """
+    """One uint8 tensor with a storage of its own for each ``(offset, nbytes)`` of a fresh arena
+    of ``size`` bytes; offsets are relative to a 2 MiB boundary."""
     region, base = _region(-(-size // HUGE_PAGE) * HUGE_PAGE)
+    return slices_of(region, base, spans)
+
+
+def slices_of(region: mmap.mmap, base: int, spans: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """One uint8 tensor with a storage of its own for each ``(offset, nbytes)`` of ``region``,
+    offsets counted from ``base``; ``nbytes`` must be positive. The whole pages inside a tensor
+    go back to the kernel when it is freed; ``region`` lives as long as any of them."""
     whole = memoryview(region)
     out = []
     for offset, nbytes in spans:

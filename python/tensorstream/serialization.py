@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy
 import torch
 
-from . import _assign, _device, _dtypes, _loading, _names, _native, _ring, _sources, _staging
+from . import _assign, _device, _dtypes, _loading, _mapped, _names, _native, _ring, _sources, _staging
 from . import encryption as _encryption
 from .encryption import DecryptionParams, EncryptionParams
 
@@ -277,6 +277,11 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     thread stops a running load, which then raises :class:`~tensorstream.errors.LoadCancelled`;
     Ctrl-C stops a load run from the main thread. Either way no tensor of that load is handed out.
 
+    ``zero_copy=True`` (local, unencrypted files, CPU only) uses the tensors where they lie in
+    the page cache, through a private copy-on-write mapping of the file: nothing is copied and
+    processes loading the same file share its memory (see ``_mapped`` for what a later change
+    to the file does). Headers are checked and ``verify_hash`` hashes the mapped bytes.
+
     ``device="cuda"`` (``"cuda:N"``, a ``torch.device``) loads straight to the GPU through a
     ring of pinned host memory (``TENSORSTREAM_RING_MB``, default 256 MiB): host memory stays
     at the ring's size whatever the model's size. ``dtype`` casts run on the GPU.
@@ -295,9 +300,12 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         num_readers: int | None = None,
         verify_hash: bool = False,
         encryption: Any = None,
+        zero_copy: bool = False,
     ) -> None:
         encryption = _encryption.reading_params(encryption)
         self._device = _device.resolve(device)
+        if zero_copy and (self._device.type != "cpu" or _ring.wanted(self._device)):
+            raise ValueError(f"zero_copy=True maps the file into CPU memory; it cannot load to {self._device}")
         if num_readers is not None and (not isinstance(num_readers, int) or num_readers < 1):
             raise ValueError(f"num_readers must be a positive int or None, not {num_readers!r}")
         self._dtype = dtype
@@ -312,15 +320,24 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self._module_idx: dict[int, int] = {}  # index position -> module_idx, known once loaded
         self._last_read = -1  # position in self._records of the last tensor read_tensors yielded
         self.total_bytes_read = 0
-        self._source: Any = _sources.open_source(path_or_file)
+        region = None
+        if zero_copy:
+            self._source, region = _mapped.open_local(path_or_file)
+        else:
+            self._source = _sources.open_source(path_or_file)
         try:
             self._index = _native.read_index(self._source)
             _encryption.check_file(self._index.encrypted, encryption, self._source.name)
+            if zero_copy and self._index.encrypted:
+                raise ValueError(f"{self._source.name} is encrypted: zero_copy=True needs an unencrypted file")
             self._records = _select(self._index, filter_func)
             self._by_path = {r.path: r for r in self._records}
             self._tree = _names.registry_of([r.path for r in self._records])
             self.total_tensor_bytes = sum(r.nbytes for r in self._records)
-            if _ring.wanted(self._device):
+            if zero_copy:
+                self._loader = _mapped.MappedLoader(self._source, region, threads=num_readers or 0)
+                self._load = _mapped.load
+            elif _ring.wanted(self._device):
                 self._loader = _ring.RingLoader(self._source, self._device, threads=num_readers or 0)
                 self._load = _ring.load
             else:

@@ -35,6 +35,12 @@ class Loader {
   // Returns each request's module_idx (from its per-tensor header), in request order. Throws
   // Cancelled when stopped by cancel() or interrupt(), once nothing writes to the destinations.
   std::vector<uint16_t> load(const tz::Index& index, const std::vector<LoadRequest>& requests, bool verify_hash);
+  // For data the caller already has in memory at each request's `dst` (a mapping of the file):
+  // reads and checks the per-tensor headers and, with `verify_hash`, hashes the data where it
+  // lies; nothing is copied. Unencrypted files only (std::invalid_argument otherwise). Returns
+  // module_idx as load() does.
+  std::vector<uint16_t> check_in_place(const tz::Index& index, const std::vector<LoadRequest>& requests,
+                                       bool verify_hash);
   // From any thread: stops the running load and every later one (closing the loader).
   void cancel() { cancel_.cancel(); }
   bool cancelled() const { return cancel_.cancelled(); }
@@ -47,6 +53,9 @@ class Loader {
 
  private:
   std::vector<uint16_t> load_checked(const tz::Index& index, const std::vector<LoadRequest>& requests, bool verify);
+  std::vector<uint16_t> check_checked(const tz::Index& index, const std::vector<LoadRequest>& requests, bool verify);
+  template <class F>
+  std::vector<uint16_t> naming_cancel(F&& body);
 
   std::shared_ptr<Source> src_;
   EngineOptions opts_;
