@@ -176,7 +176,7 @@ std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::ve
       const size_t r = op_req[p.op];
       auto hash = [&](uint64_t at, uint64_t n) {
         if (verify && streams[p.op].add(at, n, ops[p.op].dst, *checks[r].hasher, cancel_))
-          finish_check(checks[r], index.entries[reqs[r].entry].name);
+          finish_check(checks[r], index.entries[reqs[r].entry].name, src_->name());
       };
       const uint64_t at = p.dst - ops[p.op].dst;
       cancel_.check();  // before opening crypto chunks: the load is abandoned

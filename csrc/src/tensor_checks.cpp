@@ -99,7 +99,7 @@ std::vector<TensorCheck> read_headers(ReadEngine& engine, const Source& src, con
       if (verify) {
         checks[i].hasher = std::make_unique<TensorHasher>();
         feed_header(*checks[i].hasher, op.dst, op.length, checks[i].header);
-        if (e.data_length == 0) finish_check(checks[i], e.name);
+        if (e.data_length == 0) finish_check(checks[i], e.name, src.name());
       }
     }
     reads += ops.size();
@@ -108,15 +108,15 @@ std::vector<TensorCheck> read_headers(ReadEngine& engine, const Source& src, con
   return checks;
 }
 
-void finish_check(TensorCheck& c, const std::string& name) {
+void finish_check(TensorCheck& c, const std::string& name, const std::string& file) {
   if (c.header.crc32 && *c.header.crc32 != c.hasher->crc32())
-    throw HashMismatchError("CRC32 mismatch: stored " + std::to_string(*c.header.crc32) + ", computed " +
+    throw HashMismatchError(file + ": CRC32 mismatch: stored " + std::to_string(*c.header.crc32) + ", computed " +
                                 std::to_string(c.hasher->crc32()),
                             name);
   if (c.header.sha256) {
     auto got = c.hasher->sha256();
     if (got != *c.header.sha256)
-      throw HashMismatchError("SHA-256 mismatch: stored " + hex(c.header.sha256->data(), 32) + ", computed " +
+      throw HashMismatchError(file + ": SHA-256 mismatch: stored " + hex(c.header.sha256->data(), 32) + ", computed " +
                                   hex(got.data(), 32),
                               name);
   }

@@ -37,8 +37,9 @@ std::vector<TensorCheck> read_headers(ReadEngine& engine, const Source& src, con
                                       const std::vector<LoadRequest>& reqs, bool verify, crypto::KeySource& keys,
                                       uint64_t& reads, const CancelToken* cancel = nullptr);
 
-// Throws HashMismatchError naming `name` if the hasher disagrees with the stored hashes.
-void finish_check(TensorCheck& c, const std::string& name);
+// Throws HashMismatchError naming `name` and the `file` (or URL) if the hasher disagrees with
+// the stored hashes.
+void finish_check(TensorCheck& c, const std::string& name, const std::string& file);
 
 // A failed read as the error a user sees: FormatError if the source ended early, else IoError.
 [[noreturn]] void rethrow_read(const ReadFailure& f, const std::string& tensor, const Source& src,

@@ -213,7 +213,7 @@ class DeviceLoader::Run {
     }
     cv_.notify_all();
     const size_t r = req_of(seg.tensor);
-    if (seg.at + seg.length == reqs_[r].nbytes) finish_check(checks_[r], entry(r).name);
+    if (seg.at + seg.length == reqs_[r].nbytes) finish_check(checks_[r], entry(r).name, L_.src_->name());
   }
 
   void enqueue(size_t t, unsigned s, uint8_t* base) {
