@@ -74,6 +74,7 @@ std::vector<uint16_t> Loader::load(const tz::Index& index, const std::vector<Loa
 std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::vector<LoadRequest>& reqs,
                                            bool verify) {
   stats_ = LoadStats{};
+  digests_.clear();
   check_requests(index, reqs);
   cancel_.check();
   if (reqs.empty()) return {};
@@ -132,6 +133,7 @@ std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::ve
   stats_.data_seconds = since(t0);
   stats_.queued_bytes = engine_->queued_bytes();
   stats_.reads += ops.size();
+  digests_ = digests_of(checks);
   std::vector<uint16_t> modules;
   modules.reserve(checks.size());
   for (const auto& c : checks) modules.push_back(c.header.module_idx);
