@@ -539,7 +539,8 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         name = self._source.name
         self._loading_thread = threading.get_ident()
         try:
-            loaded, module_idx = self._load(self._loader, self._index, records, verify_hash, pooled=pooled)
+            with torch.device("cpu"):  # host buffers stay on the host under a caller's device context
+                loaded, module_idx = self._load(self._loader, self._index, records, verify_hash, pooled=pooled)
             stats = self._loader.stats()
             digests = getattr(self._loader, "core", self._loader).digests()  # RingLoader wraps its core
         finally:
