@@ -49,6 +49,15 @@ def test_verify_module_matches_tensorizer(model_file, lazy):
     assert not ok[".bf"]  # tensorizer's root names are not state_dict names: reported failed, as there
 
 
+def test_verify_module_after_a_ring_load(model_file, monkeypatch):
+    """The ring pipeline (here with its host stand-in for the GPU copy) keeps the digests too."""
+    path, m = model_file
+    monkeypatch.setenv("TENSORSTREAM_DEVICE_STANDIN", "host")
+    with TensorDeserializer(path) as d:
+        assert d._loader is None  # eager: released, the digests came from the load
+        assert d.verify_module(m) == tensorizer.TensorDeserializer(str(path)).verify_module(m)
+
+
 def test_verify_module_finds_the_changed_tensor(model_file):
     path, m = model_file
     with torch.no_grad():
