@@ -109,3 +109,28 @@ def test_dtype_casts_copy(model):
     got = tensorstream.load(path, zero_copy=True, dtype=torch.float64)
     assert got["layer1.weight"].dtype == torch.float64
     assert torch.equal(got["layer1.weight"], sd["layer1.weight"].double())
+
+
+def test_verify_module_after_a_mapped_load(model):
+    path, sd = model
+    with TensorDeserializer(path, zero_copy=True) as d:
+        state = {name: d[name] for name in sd}
+        passed, results = d.verify_module(_Holder(state))
+        assert passed and len(results) == len(sd)
+        state["ids"] = state["ids"] + 1
+        passed, results = d.verify_module(_Holder(state))
+    assert not passed and dict(results)["ids"] is False
+
+
+class _Holder(torch.nn.Module):
+    """A module whose state_dict() names are the file's."""
+
+    def __init__(self, tensors: dict) -> None:
+        super().__init__()
+        self._tensors = tensors
+
+    def state_dict(self, *args, **kwargs):  # noqa: D401 - torch's signature
+        return dict(self._tensors)
+
+    def named_buffers(self, *args, **kwargs):
+        return iter(())

@@ -88,6 +88,7 @@ std::vector<uint16_t> Loader::check_in_place(const tz::Index& index, const std::
 std::vector<uint16_t> Loader::check_checked(const tz::Index& index, const std::vector<LoadRequest>& reqs,
                                             bool verify) {
   stats_ = LoadStats{};
+  digests_.clear();
   if (index.header.encrypted())
     throw std::invalid_argument("'" + src_->name() + "' is encrypted: its tensors cannot be used where they lie");
   check_requests(index, reqs);
@@ -114,7 +115,7 @@ std::vector<uint16_t> Loader::check_checked(const tz::Index& index, const std::v
                         cancel_.check();
                         checks[r].hasher->update(reqs[r].dst + at, std::min(kHashBlock, reqs[r].nbytes - at));
                       }
-                      finish_check(checks[r], index.entries[reqs[r].entry].name);
+                      finish_check(checks[r], index.entries[reqs[r].entry].name, src_->name());
                     } catch (...) {
                       std::lock_guard<std::mutex> lock(error_mu);
                       if (!error) error = std::current_exception();
@@ -125,6 +126,7 @@ std::vector<uint16_t> Loader::check_checked(const tz::Index& index, const std::v
     if (error) std::rethrow_exception(error);
   }
   stats_.data_seconds = since(t0);
+  digests_ = digests_of(checks);
   std::vector<uint16_t> modules;
   modules.reserve(checks.size());
   for (const auto& c : checks) modules.push_back(c.header.module_idx);
@@ -134,6 +136,7 @@ std::vector<uint16_t> Loader::check_checked(const tz::Index& index, const std::v
 std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::vector<LoadRequest>& reqs,
                                            bool verify) {
   stats_ = LoadStats{};
+  digests_.clear();
   check_requests(index, reqs);
   cancel_.check();
   if (reqs.empty()) return {};
@@ -192,6 +195,7 @@ std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::ve
   stats_.data_seconds = since(t0);
   stats_.queued_bytes = engine_->queued_bytes();
   stats_.reads += ops.size();
+  digests_ = digests_of(checks);
   std::vector<uint16_t> modules;
   modules.reserve(checks.size());
   for (const auto& c : checks) modules.push_back(c.header.module_idx);

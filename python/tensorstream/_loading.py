@@ -94,8 +94,10 @@ def typed(raw: torch.Tensor, rec: Record) -> torch.Tensor:
     return raw.view(rec.dtype).view(rec.shape)
 
 
-def empty(rec: Record, device: torch.device | None = None) -> torch.Tensor:
-    """Meta tensors load as zeros; zero-element tensors as empty tensors."""
+def empty(rec: Record, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Meta tensors load as zeros; zero-element tensors as empty tensors. The device is always
+    explicit, so that a caller's ``torch.device(...)`` context or default device does not move
+    host buffers."""
     if rec.is_meta:
         return torch.zeros(rec.shape, dtype=rec.dtype, device=device)
     return torch.empty(rec.shape, dtype=rec.dtype, device=device)
@@ -118,7 +120,7 @@ def load(
         spans = [(off, r.nbytes) for off, r in zip(offsets, with_data, strict=True)]
         raws = _arena.slices(spans, size) if spans else []
     else:
-        raws = [torch.empty(r.nbytes, dtype=torch.uint8) for r in with_data]
+        raws = [torch.empty(r.nbytes, dtype=torch.uint8, device="cpu") for r in with_data]
     requests = [(r.pos, raw.data_ptr(), r.nbytes) for r, raw in zip(with_data, raws, strict=True)]
     requests += [(r.pos, 0, 0) for r in records if not r.nbytes]
     requests.sort()

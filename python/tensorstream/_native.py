@@ -27,6 +27,7 @@ PinnedBuffer = _core.PinnedBuffer
 cuda_driver = _core.cuda_driver
 Writer = _core.Writer
 read_index = _core.read_index
+read_digests = _core.read_digests
 derive_key = _core.derive_key
 core_features = _core.features
 
@@ -43,6 +44,7 @@ __all__ = [
     "cuda_driver",
     "Writer",
     "read_index",
+    "read_digests",
     "derive_key",
     "core_features",
 ]

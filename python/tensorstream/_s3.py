@@ -12,7 +12,8 @@ Credentials are looked up in tensorizer's order, then in the AWS chain:
 With no credentials anywhere (or with both keys given as ``""``, as in tensorizer) requests are
 sent unsigned, which public buckets accept. The endpoint comes from the arguments, the s3cmd
 file, ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, the profile's ``endpoint_url``, else AWS
-itself; the region from ``s3_region_name``, ``AWS_REGION``, ``AWS_DEFAULT_REGION``, the profile,
+itself (``s3://tensorized/...``, tensorizer's public models, goes unsigned to CoreWeave's
+public endpoint when neither an endpoint nor credentials are configured); the region from ``s3_region_name``, ``AWS_REGION``, ``AWS_DEFAULT_REGION``, the profile,
 the s3cmd file, else ``us-east-1``. ``TENSORSTREAM_S3_ADDRESSING`` (``auto``, ``path`` or
 ``virtual``) overrides how the bucket is addressed; ``auto`` uses virtual-hosted names on AWS and
 paths everywhere else.
@@ -32,6 +33,10 @@ from . import _native
 __all__ = ["S3Location", "resolve", "parse_uri", "TlsOptions"]
 
 _BUCKET_DNS = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+# tensorizer's public pre-tensorized models: this bucket, with no endpoint and no credentials
+# configured, is read unsigned from CoreWeave's public endpoint, as tensorizer reads it.
+PUBLIC_BUCKET = "tensorized"
+PUBLIC_ENDPOINT = "https://accel-object.ord1.coreweave.com"
 
 
 @dataclass(frozen=True)
@@ -242,6 +247,8 @@ def resolve(
                         ("the S3 session token", token), ("the S3 region", region)):
         refuse_control(what, value)
     endpoint = explicit.endpoint or cfg.endpoint or aws.endpoint
+    if endpoint is None and not signed and bucket == PUBLIC_BUCKET:
+        endpoint = PUBLIC_ENDPOINT
     use_https = cfg.use_https if (not explicit.endpoint and cfg.endpoint) else None
     aws_default = endpoint is None
     base = _endpoint_url(endpoint or f"s3.{region}.amazonaws.com", use_https)

@@ -9,6 +9,7 @@
 #include "tensorstream/cancel.hpp"
 #include "tensorstream/crypto.hpp"
 #include "tensorstream/format/tensorizer.hpp"
+#include "tensorstream/hash.hpp"
 #include "tensorstream/io/engine.hpp"
 #include "tensorstream/io/source.hpp"
 
@@ -50,6 +51,8 @@ class Loader {
   const LoadStats& stats() const { return stats_; }
   // The key (or passphrase) for encrypted files; decryption runs in the read workers.
   crypto::KeySource& keys() { return keys_; }
+  // The digests of the tensors of the last load that succeeded, in request order.
+  const std::vector<HeaderDigest>& digests() const { return digests_; }
 
  private:
   std::vector<uint16_t> load_checked(const tz::Index& index, const std::vector<LoadRequest>& requests, bool verify);
@@ -62,6 +65,7 @@ class Loader {
   std::unique_ptr<ReadEngine> engine_;
   LoadStats stats_;
   crypto::KeySource keys_;
+  std::vector<HeaderDigest> digests_;
   CancelToken cancel_;
 };
 

@@ -309,6 +309,7 @@ std::vector<uint16_t> DeviceLoader::load_checked(const tz::Index& index, const s
   stats_ = DeviceLoadStats{};
   stats_.ring_bytes = held;
   stats_.slot_turns.assign(ring_.slots, 0);
+  digests_.clear();
   check_requests(index, reqs);
   cancel_.check();
   if (reqs.empty()) return {};
@@ -339,6 +340,7 @@ std::vector<uint16_t> DeviceLoader::load_checked(const tz::Index& index, const s
   stats_.slot_wait_seconds = run.wait_seconds();
   for (const auto& r : reqs) stats_.bytes += r.nbytes;
   for (uint64_t n : stats_.slot_turns) stats_.turns += n;
+  digests_ = digests_of(checks);
   std::vector<uint16_t> modules;
   modules.reserve(checks.size());
   for (const auto& c : checks) modules.push_back(c.header.module_idx);
