@@ -569,7 +569,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         try:
             loaded, module_idx = self._load(self._loader, self._index, records, verify_hash, pooled=pooled)
             stats = self._loader.stats()
-            digests = getattr(self._loader, "core", self._loader).digests()  # RingLoader wraps its core
+            digests = self._loader.digests()
         finally:
             self._loading_thread = None
             if self._closed:  # close() came while loading (a LoadCancelled, unless too late)
