@@ -48,6 +48,13 @@ def _stderr_is_tty() -> bool:
         return False
 
 
+def _terminal_columns() -> int:
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
 def _tqdm() -> Any:
     try:
         from tqdm.auto import tqdm
@@ -65,9 +72,12 @@ class Bar:
     def __init__(self, total: int, label: str, enabled: bool) -> None:
         self._bar = None
         if enabled:
+            sized = _terminal_columns() > 0  # a terminal that reports no size gets 80x24
             self._bar = _tqdm()(
                 total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1000,
-                dynamic_ncols=True, leave=False, file=sys.stderr, mininterval=_POLL_SECONDS,
+                dynamic_ncols=sized, ncols=None if sized else 80, nrows=None if sized else 24, leave=False,
+                file=sys.stderr,
+                mininterval=_POLL_SECONDS,
             )
 
     def update(self, nbytes: int) -> None:
