@@ -501,12 +501,11 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         start = time.perf_counter()
         name = self._source.name
         self._loading_thread = threading.get_ident()
-        loader = self._loader
         bar = _progress.Bar(sum(r.nbytes for r in records), f"loading {name}", self._progress)
-        try:
-            with bar, _progress.Poller(bar, _progress.bytes_read(loader)):
-                loaded, module_idx = self._load(loader, self._index, records, verify_hash, pooled=pooled)
-            stats = loader.stats()
+        try:  # no local holds the loader: a traceback the caller keeps must not keep it alive
+            with bar, _progress.Poller(bar, _progress.bytes_read(self._loader)):
+                loaded, module_idx = self._load(self._loader, self._index, records, verify_hash, pooled=pooled)
+            stats = self._loader.stats()
         finally:
             self._loading_thread = None
             if self._closed:  # close() came while loading (a LoadCancelled, unless too late)

@@ -46,7 +46,7 @@ def check(uri: str, encryption: Any = None, progress: bool = False) -> dict[str,
                 bar.update(nbytes)
                 del batch
         except KeyRequiredError:
-            raise
+            raise _common.UsageError(f"{source.name} is encrypted: give --key-file or --passphrase-env") from None
         except (HashMismatchError, CryptographyError, FormatError) as exc:
             return _failed(source.name, exc, count, done, start)
     return {"ok": True, "uri": source.name, "tensors": count, "bytes": done, "encrypted": bool(index.encrypted),
