@@ -70,3 +70,8 @@ class CoreWrapper:
     @property
     def cancelled(self) -> bool:
         return self.core.cancelled
+
+    @property
+    def progress(self) -> int:
+        """Data bytes the running (or last) load has read so far."""
+        return self.core.progress

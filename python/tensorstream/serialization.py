@@ -15,7 +15,8 @@ from typing import Any, NamedTuple
 import numpy
 import torch
 
-from . import _assign, _device, _dtypes, _loading, _mapped, _names, _native, _ring, _sources, _staging
+from . import _assign, _device, _dtypes, _loading, _mapped, _names, _native, _progress, _ring, _sources, _staging
+from . import _stats
 from . import encryption as _encryption
 from .encryption import DecryptionParams, EncryptionParams
 
@@ -50,7 +51,8 @@ class TensorSerializer:
     writing (``"wb+"``; written through its descriptor from offset 0 and left open), or an object
     without a descriptor such as ``io.BytesIO`` (written to a temporary file, copied into the
     object by :meth:`close`). ``compress_tensors`` is accepted and ignored, as in tensorizer;
-    ``limit_cpu_concurrency`` caps the core's hashing/writing threads.
+    ``limit_cpu_concurrency`` caps the core's hashing/writing threads. ``progress=True`` shows a
+    bar on a terminal (None: the ``TENSORSTREAM_PROGRESS`` setting; see ``_progress``).
     """
 
     def __init__(
@@ -60,8 +62,10 @@ class TensorSerializer:
         *,
         encryption: Any = None,
         limit_cpu_concurrency: int | None = None,
+        progress: bool | None = None,
     ) -> None:
         encryption = _encryption.writing_params(encryption)
+        self._progress = _progress.wanted(progress)
         self._target: _sources.WriteTarget | None = None
         self._target = _sources.WriteTarget(path_or_file)
         try:
@@ -163,8 +167,10 @@ class TensorSerializer:
         """One core call for the batch (hashed and written in parallel), then the callbacks."""
         if batch:
             start = time.perf_counter()
-            self._writer.write([p.record(tensor) for p, tensor in batch])
             nbytes = sum(p.nbytes for p, _ in batch)
+            with _progress.Bar(nbytes, "saving", self._progress) as bar:
+                for part in _progress.parts(batch, lambda item: item[0].nbytes, bar):
+                    self._writer.write([p.record(tensor) for p, tensor in part])
             seconds = time.perf_counter() - start
             logger.info(
                 "wrote %d tensors, %.1f MB in %.3f s (%.2f GB/s)",
@@ -285,6 +291,10 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     ``device="cuda"`` (``"cuda:N"``, a ``torch.device``) loads straight to the GPU through a
     ring of pinned host memory (``TENSORSTREAM_RING_MB``, default 256 MiB): host memory stays
     at the ring's size whatever the model's size. ``dtype`` casts run on the GPU.
+
+    ``progress=True`` shows a bar (bytes, GB/s, ETA) on a terminal while tensors load (None: the
+    ``TENSORSTREAM_PROGRESS`` setting). ``stats`` (a ``LoadStats``) sums bytes and seconds per
+    stage over this deserializer's loads.
     """
 
     def __init__(
@@ -301,8 +311,11 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         verify_hash: bool = False,
         encryption: Any = None,
         zero_copy: bool = False,
+        progress: bool | None = None,
     ) -> None:
         encryption = _encryption.reading_params(encryption)
+        self._progress = _progress.wanted(progress)
+        self.stats = _stats.LoadStats()
         self._device = _device.resolve(device)
         if zero_copy and (self._device.type != "cpu" or _ring.wanted(self._device)):
             raise ValueError(f"zero_copy=True maps the file into CPU memory; it cannot load to {self._device}")
@@ -566,8 +579,10 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         start = time.perf_counter()
         name = self._source.name
         self._loading_thread = threading.get_ident()
-        try:
-            loaded, module_idx = self._load(self._loader, self._index, records, verify_hash, pooled=pooled)
+        bar = _progress.Bar(sum(r.nbytes for r in records), f"loading {name}", self._progress)
+        try:  # no local holds the loader: a traceback the caller keeps must not keep it alive
+            with bar, _progress.Poller(bar, _progress.bytes_read(self._loader)):
+                loaded, module_idx = self._load(self._loader, self._index, records, verify_hash, pooled=pooled)
             stats = self._loader.stats()
             digests = self._loader.digests()
         finally:
@@ -579,10 +594,13 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         nbytes = int(stats.get("bytes", sum(r.nbytes for r in records)))
         self.total_bytes_read += nbytes
         seconds = time.perf_counter() - start
+        load = _stats.LoadStats.of_load(stats, tensors=len(records), seconds=seconds, verified=verify_hash,
+                                        encrypted=self._index.encrypted, on_device=self._load is _ring.load)
+        self.stats.add(load)
         logger.info(
-            "loaded %d tensors, %.1f MB in %.3f s (%.2f GB/s) from %s with %s%s",
+            "loaded %d tensors, %.1f MB in %.3f s (%.2f GB/s) from %s with %s%s (%s)",
             len(records), nbytes / 1e6, seconds, nbytes / max(seconds, 1e-9) / 1e9,
-            name, self._backend, ", hashes verified" if verify_hash else "",
+            name, self._backend, ", hashes verified" if verify_hash else "", load.summary(),
         )
         for rec in records:
             self._cache[rec.path] = self._finish(loaded[rec.pos])
