@@ -45,7 +45,10 @@ def test_signatures_match_tensorizer(ours, theirs):
     if ours.__name__ == "write_tensor":  # only names and order matter here
         theirs_params = [p[0] for p in theirs_params]
         ours_params = [p[0] for p in ours_params]
-    assert ours_params == theirs_params
+    # Ours may add keyword-only arguments after tensorizer's (e.g. load_into_module's strict).
+    extra = ours_params[len(theirs_params) :]
+    assert ours_params[: len(theirs_params)] == theirs_params
+    assert all(kind is inspect.Parameter.KEYWORD_ONLY for _, kind, _ in extra), extra
 
 
 def test_issue_signatures():
@@ -157,16 +160,20 @@ def test_load_module_with_class_and_factory(tmp_path):
         assert isinstance(model.lin.weight, torch.nn.Parameter) and model.lin.weight.requires_grad
 
 
-def test_load_into_module_reports_missing_and_unexpected(tmp_path):
+def test_load_into_module_strict_reports_missing_and_unexpected(tmp_path):
     path = tmp_path / "partial.tensors"
     with TensorSerializer(path) as serializer:
         serializer.write_tensor(0, "lin.weight", TensorType.PARAM, torch.zeros(2, 3))
         serializer.write_tensor(0, "stray.weight", TensorType.PARAM, torch.zeros(1))
-    with TensorDeserializer(path) as deserializer, pytest.raises(RuntimeError, match="stray.weight"):
-        deserializer.load_into_module(_Tiny())
+    model = _Tiny()
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    with TensorDeserializer(path) as deserializer, pytest.raises(RuntimeError) as caught:
+        deserializer.load_into_module(model, strict=True)
+    assert "unexpected 1: 'stray.weight'" in str(caught.value) and "missing" in str(caught.value)
+    assert all(torch.equal(t, before[name]) for name, t in model.state_dict().items())  # nothing changed
     with TensorDeserializer(path) as deserializer:
         model = _Tiny()
-        assert deserializer.load_into_module(model, filter_func=lambda n: n == "lin.weight") == 1
+        assert deserializer.load_into_module(model, filter_func=lambda n: n == "lin.weight", strict=True) == 1
         assert torch.equal(model.lin.weight, torch.zeros(2, 3))
     with pytest.raises(RuntimeError):
         tensorstream.load_module(path, _Tiny, filter_func=lambda n: n == "lin.weight")

@@ -83,17 +83,25 @@ def load(path: Any, device: DeviceLike = None, **kwargs: Any) -> Any:
 
 
 def load_module(
-    path: Any, module_class_or_factory: Callable[[], torch.nn.Module], device: DeviceLike = None, **kwargs: Any
+    path: Any,
+    module_class_or_factory: Callable[[], torch.nn.Module],
+    device: DeviceLike = None,
+    *,
+    strict: bool = True,
+    **kwargs: Any,
 ) -> torch.nn.Module:
     """Build a module without initialising its weights, then fill it from ``path``.
 
     ``module_class_or_factory`` is called with no arguments (a class, or e.g.
-    ``lambda: Model(config)``) inside :func:`utils.no_init_or_tensor`. Raises RuntimeError if a
-    parameter or buffer is not in the file.
+    ``lambda: Model(config)``) inside :func:`utils.no_init_or_tensor`. Strict by default: raises
+    RuntimeError if the file and the module do not hold the same parameters and buffers with the
+    same shapes. ``strict=False`` loads as tensorizer's ``load_into_module`` does (the file's
+    tensors are registered or replace the module's); a tensor the file lacks and the module left
+    unallocated is still an error.
     """
     module = utils.no_init_or_tensor(module_class_or_factory)
     with TensorDeserializer(path, device=device, **kwargs) as deserializer:
-        deserializer.load_into_module(module)
+        deserializer.load_into_module(module, strict=strict)
     left = [name for name, t in _named_tensors(module) if t.is_meta]
     if left:
         raise RuntimeError(f"not in the file, still unallocated after loading: {', '.join(left[:8])}")

@@ -1,15 +1,38 @@
-"""Putting loaded tensors into a ``torch.nn.Module`` (assign semantics, ties kept)."""
+"""Putting loaded tensors into a ``torch.nn.Module``.
+
+Two policies, chosen by ``strict``:
+
+- tensorizer's (the default of ``TensorDeserializer.load_into_module``): every tensor of the file
+  goes into the module. A parameter or buffer of that name is replaced, taking the file's shape
+  and dtype; a name the module lacks is registered, as a parameter or a buffer as the file's
+  tensor type says. Tensors the module has and the file lacks stay as they are.
+- strict (``strict=True``, the default of ``tensorstream.load_module``): the file and the module
+  must name the same parameters and persistent buffers, with the same shapes; otherwise a
+  RuntimeError lists every difference and nothing is changed.
+
+Either way weights tied in the module (one tensor in several slots) stay tied.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from . import _names
 
 _SHOWN = 8  # names listed per problem in an error message
+PARAM, BUFFER, STATE_DICT = 0, 1, 2  # the file's tensor types (serialization.TensorType)
+
+
+class Slot(NamedTuple):
+    """Where one record of the file goes."""
+
+    record: Any
+    module: torch.nn.Module
+    attr: str
+    new: bool  # registered by the load (the module had no such parameter or buffer)
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -18,36 +41,50 @@ def _split(name: str) -> tuple[str, str]:
     return module, attr
 
 
-def plan(m: torch.nn.Module, records: Sequence[Any], *, check_missing: bool) -> list[tuple[Any, torch.nn.Module, str]]:
-    """``(record, module, attr)`` for each record; RuntimeError listing every mismatch."""
+def plan(m: torch.nn.Module, records: Sequence[Any], *, strict: bool, check_missing: bool = True) -> list[Slot]:
+    """A :class:`Slot` for each record; RuntimeError listing every problem, before any change.
+
+    ``check_missing`` (strict only): also refuse parameters and persistent buffers of ``m`` that
+    no record names.
+    """
     modules = dict(m.named_modules(remove_duplicate=False))
-    out, unexpected, mismatched, named = [], [], [], []
+    out: list[Slot] = []
+    problems: dict[str, list[str]] = {}
     for rec in records:
         if not _names.is_plain(rec.path):
-            raise RuntimeError(
+            raise NotImplementedError(
                 f"tensor {rec.name!r} has a structured name and cannot be loaded into a module; "
                 "use the deserializer as a mapping (or .tree()) instead"
             )
         prefix, attr = _split(rec.name)
         module = modules.get(prefix)
-        if module is None or (attr not in module._parameters and attr not in module._buffers):
-            unexpected.append(rec.name)
-            continue
-        current = _slot(module, attr)
-        named.append((module, attr))
-        if current is not None and tuple(current.shape) != rec.shape:
-            mismatched.append(f"{rec.name}: file {list(rec.shape)} vs module {list(current.shape)}")
-            continue
-        out.append((rec, module, attr))
-    missing = _missing(m, named) if check_missing else []
-    if unexpected or missing or mismatched:
+        if module is None:
+            problems.setdefault("unexpected" if strict else "no such submodule", []).append(rec.name)
+        elif attr in module._parameters or attr in module._buffers:
+            current = _slot(module, attr)
+            if strict and current is not None and tuple(current.shape) != rec.shape:
+                msg = f"{rec.name}: file {list(rec.shape)} vs module {list(current.shape)}"
+                problems.setdefault("shape mismatch", []).append(msg)
+            else:
+                out.append(Slot(rec, module, attr, new=False))
+        elif strict:
+            problems.setdefault("unexpected", []).append(rec.name)
+        elif hasattr(module, attr) or "." in attr or not attr:
+            problems.setdefault("not a parameter or buffer of the module", []).append(rec.name)
+        elif rec.tensor_type == STATE_DICT:
+            problems.setdefault("not in the module (a state-dict entry: parameter or buffer unknown)", []).append(
+                rec.name
+            )
+        else:
+            out.append(Slot(rec, module, attr, new=True))
+    if strict and check_missing:
+        missing = _missing(m, [(s.module, s.attr) for s in out])
+        if missing:
+            problems = {"missing": missing, **problems}
+    if problems:
         raise RuntimeError(
             f"cannot load the file into {type(m).__name__}: "
-            + "; ".join(
-                _problem(label, items)
-                for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
-                if items
-            )
+            + "; ".join(_problem(label, items) for label, items in problems.items())
         )
     return out
 
@@ -74,15 +111,29 @@ def _missing(m: torch.nn.Module, named: Sequence[tuple[torch.nn.Module, str]]) -
     return missing
 
 
-def apply(m: torch.nn.Module, assignments: Sequence[tuple[torch.nn.Module, str, torch.Tensor]]) -> None:
-    """Replace each slot's tensor; slots sharing one tensor in ``m`` get one shared result."""
+def _trainable(tensor: torch.Tensor) -> bool:
+    return tensor.is_floating_point() or tensor.is_complex()
+
+
+def apply(m: torch.nn.Module, slots: Sequence[Slot], tensors: dict[Any, torch.Tensor]) -> None:
+    """Fill each slot with its record's tensor; slots sharing one tensor in ``m`` share the result."""
     replaced: dict[int, tuple[Any, Any]] = {}  # id(old) -> (old, new); old kept alive
-    for module, attr, tensor in assignments:
+    for slot in slots:
+        tensor = tensors[slot.record.path]
+        if slot.new:
+            if slot.record.tensor_type == PARAM:
+                slot.module.register_parameter(
+                    slot.attr, torch.nn.Parameter(tensor, requires_grad=_trainable(tensor))
+                )
+            else:
+                slot.module.register_buffer(slot.attr, tensor)
+            continue
+        module, attr = slot.module, slot.attr
         old = _slot(module, attr)
         if old is not None and id(old) in replaced:
             new = replaced[id(old)][1]  # tied to a slot already loaded
         elif attr in module._parameters:
-            grad = (old is None or old.requires_grad) and (tensor.is_floating_point() or tensor.is_complex())
+            grad = (old is None or old.requires_grad) and _trainable(tensor)
             new = torch.nn.Parameter(tensor, requires_grad=grad)
         else:
             new = tensor

@@ -414,21 +414,32 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             yield self._module_idx[rec.pos], rec.tensor_type, rec.name, tensors[rec.path]
 
     def load_into_module(
-        self, m: torch.nn.Module, filter_func: FilterFunc | None = None, verify_hash: bool | None = None
+        self,
+        m: torch.nn.Module,
+        filter_func: FilterFunc | None = None,
+        verify_hash: bool | None = None,
+        *,
+        strict: bool = False,
     ) -> int:
-        """Assign the file's tensors to ``m``'s parameters and buffers; returns how many.
+        """Put the file's tensors into ``m``'s parameters and buffers; returns how many.
 
         Names are matched as tensorizer's ``write_module`` writes them (``"layer.0.weight"``,
-        ``".weight"`` for the root) or as in ``state_dict()``. Every selected tensor must name an
-        existing parameter or buffer, and (without ``filter_func``) every parameter and
-        persistent buffer of ``m`` must be in the file; otherwise RuntimeError names them.
+        ``".weight"`` for the root) or as in ``state_dict()``. As in tensorizer, every selected
+        tensor goes into ``m``: an existing parameter or buffer takes the file's tensor (its shape
+        and dtype too), a name ``m`` lacks is registered as a parameter or buffer by the file's
+        tensor type, and what the file lacks stays as it is. A name whose submodule does not
+        exist, or that is some other attribute, is a RuntimeError naming it (nothing changed).
+
+        ``strict=True`` instead requires the file and ``m`` to hold the same parameters and
+        persistent buffers (all of them without ``filter_func``; the selected ones with it), with
+        the same shapes, and raises RuntimeError naming every difference before changing anything.
         Parameters keep their ``requires_grad`` flag; weights tied in ``m`` stay tied.
         """
         records = [r for r in self._records if filter_func is None or filter_func(r.name)]
-        plan = _assign.plan(m, records, check_missing=filter_func is None)
-        tensors = self._tensors([r.path for r, _, _ in plan], verify_hash)
-        _assign.apply(m, [(module, attr, tensors[r.path]) for r, module, attr in plan])
-        return len(plan)
+        slots = _assign.plan(m, records, strict=strict, check_missing=filter_func is None)
+        tensors = self._tensors([s.record.path for s in slots], verify_hash)
+        _assign.apply(m, slots, tensors)
+        return len(slots)
 
     def close(self) -> None:
         """Release the file. Tensors already loaded stay valid.
