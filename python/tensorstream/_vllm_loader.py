@@ -17,7 +17,7 @@ from vllm.model_executor.model_loader.utils import get_model_architecture
 from vllm.utils.torch_utils import set_default_torch_dtype
 
 from . import _device
-from ._vllm_config import MARKER, LoadSettings, settings
+from ._vllm_config import MARKER, LoadSettings, checked, settings
 
 logger = init_logger(__name__)
 
@@ -28,7 +28,7 @@ class TensorstreamLoader(BaseModelLoader):
 
     def __init__(self, load_config: LoadConfig) -> None:
         super().__init__(load_config)
-        settings(load_config.model_loader_extra_config)  # bad keys fail here, before any work
+        checked(load_config.model_loader_extra_config)  # unknown keys fail here, before any work
         self._extra = load_config.model_loader_extra_config
 
     def download_model(self, model_config: ModelConfig) -> None:
