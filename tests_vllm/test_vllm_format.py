@@ -123,6 +123,14 @@ def test_bad_uri_is_a_clear_error(checkpoint, safetensors_engine, tmp_path):
         load_directly(checkpoint[0], {"tensorizer_uri": missing})
 
 
+def test_a_file_lacking_a_weight_is_an_error(checkpoint, safetensors_engine, tmp_path):
+    folder, state = checkpoint
+    path = str(tmp_path / "partial.tensors")
+    tensorstream.save({k: v for k, v in state.items() if k != "model.norm.weight"}, path)
+    with pytest.raises(ValueError, match=r"lacks 1 weight.*model\.norm\.weight"):
+        load_directly(folder, {"tensorizer_uri": path})
+
+
 def test_unknown_key_is_a_clear_error(checkpoint, safetensors_engine):
     with pytest.raises(ValueError, match="unknown key.*'tensorizer_url'"):
         load_directly(checkpoint[0], {"tensorizer_url": "x.tensors"})

@@ -19,7 +19,7 @@ from vllm.utils.torch_utils import set_default_torch_dtype
 from . import _device
 from ._vllm_config import MARKER, LoadSettings, checked, settings
 
-logger = init_logger(__name__)
+logger = init_logger("vllm.tensorstream")  # under vLLM's logger, so its handlers show it
 
 
 class TensorstreamLoader(BaseModelLoader):
@@ -30,6 +30,7 @@ class TensorstreamLoader(BaseModelLoader):
         super().__init__(load_config)
         checked(load_config.model_loader_extra_config)  # unknown keys fail here, before any work
         self._extra = load_config.model_loader_extra_config
+        self._kind: dict[str, bool] = {}  # uri -> vLLM-serialized, found by load_model for load_weights
 
     def download_model(self, model_config: ModelConfig) -> None:
         """Nothing to download: checks that the file (rank 0's) opens."""
@@ -41,6 +42,7 @@ class TensorstreamLoader(BaseModelLoader):
         config = self._settings(model_config)
         uri = _rank_uri(config)
         if not _is_vllm_serialized(config, uri):
+            self._kind[uri] = False  # so that load_weights need not open the file to find out again
             return super().load_model(vllm_config, model_config, prefix)  # build, load_weights, process
         _check_sharded(config)
         device = _target_device(vllm_config)
@@ -56,11 +58,17 @@ class TensorstreamLoader(BaseModelLoader):
         config = self._settings(model_config)
         uri = _rank_uri(config)
         device = _device_of(model)
-        if _is_vllm_serialized(config, uri):
+        serialized = self._kind.pop(uri, None)
+        if serialized is None:
+            serialized = _is_vllm_serialized(config, uri)
+        if serialized:
             _check_sharded(config)
             _fill_processed(model, config, uri, device)
             return
-        model.load_weights(_drain(_load_all(config, uri, device)))
+        needed = {name for name, _ in model.named_parameters()}
+        loaded = model.load_weights(_drain(_load_all(config, uri, device)))
+        if model_config.quantization is None and loaded is not None:  # vLLM's default loader's check
+            _check_complete(needed - set(loaded), uri, model)
 
     def _settings(self, model_config: ModelConfig) -> LoadSettings:
         return settings(self._extra, model_config.model)
@@ -119,13 +127,18 @@ def _fill_processed(model: torch.nn.Module, config: LoadSettings, uri: str, devi
         deserializer.load_into_module(model)
         nbytes = deserializer.total_tensor_bytes
     model._parameters.pop(MARKER[1:], None)
-    left = [name for name, t in model.state_dict().items() if t.is_meta]
-    if left:
-        raise ValueError(
-            f"{uri} lacks {len(left)} tensor(s) of {type(model).__name__} "
-            f"({', '.join(left[:8])}): was it written for this model, quantization and parallel layout?"
-        )
+    _check_complete({name for name, t in model.state_dict().items() if t.is_meta}, uri, model)
     _log_load(nbytes, start, uri, device)
+
+
+def _check_complete(missing: set[str], uri: str, model: torch.nn.Module) -> None:
+    """A weight the file did not fill is an error, not a silently uninitialised tensor."""
+    if missing:
+        names = sorted(missing)
+        raise ValueError(
+            f"{uri.split('?')[0]} lacks {len(names)} weight(s) of {type(model).__name__} "
+            f"({', '.join(names[:8])}): was it written for this model, quantization and parallel layout?"
+        )
 
 
 def _log_load(nbytes: int, start: float, uri: str, device: Any) -> None:

@@ -32,18 +32,21 @@ from ._vllm_config import MARKER, LoadSettings, settings
 __all__ = ["register", "save_vllm_model", "FORMAT"]
 
 FORMAT = "tensorstream"
+_registered = False
 logger = logging.getLogger(__name__)
 
 
 def register() -> None:
     """Register ``--load-format tensorstream`` with vLLM (safe to call more than once)."""
+    global _registered
+    if _registered:
+        return
     from vllm.model_executor.model_loader import register_model_loader
 
     from . import _vllm_loader
 
-    if not getattr(register, "done", False):
-        register_model_loader(FORMAT)(_vllm_loader.TensorstreamLoader)
-        register.done = True  # type: ignore[attr-defined]
+    register_model_loader(FORMAT)(_vllm_loader.TensorstreamLoader)
+    _registered = True
 
 
 def save_vllm_model(llm_or_model: Any, uri: str, *, encryption: Any = None, **s3: Any) -> list[str]:
