@@ -85,3 +85,29 @@ def test_save_vllm_model_rejects_other_objects(tmp_path):
         ts_vllm.save_vllm_model(object(), str(tmp_path / "m.tensors"))
     with pytest.raises(ValueError, match="s3:// URIs only"):
         ts_vllm.save_vllm_model(_Tiny(), str(tmp_path / "m.tensors"), s3_endpoint="http://x")
+
+
+def test_an_encrypted_file_and_its_key_from_s3_with_the_configs_credentials(moto_s3):
+    """The keys vLLM users set (credentials, endpoint, key file) reach the S3 reads."""
+    import io
+
+    state = {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4), "b": torch.ones(3)}
+    params = tensorstream.EncryptionParams.random()
+    buf = io.BytesIO()
+    with tensorstream.TensorSerializer(buf, encryption=params) as serializer:
+        serializer.write_state_dict(state)
+    bucket = moto_s3.create_bucket()
+    moto_s3.put_object(bucket, "m/model-rank-001.tensors", buf.getvalue())
+    moto_s3.put_object(bucket, "m/key.bin", params.key)
+    config = _vllm_config.settings({
+        "tensorizer_uri": f"s3://{bucket}/m/model-rank-%03d.tensors", "encryption_keyfile": f"s3://{bucket}/m/key.bin",
+        "verify_hash": True, "s3_access_key_id": moto_s3.access_key, "s3_secret_access_key": moto_s3.secret_key,
+        "s3_endpoint": moto_s3.endpoint, "s3_region_name": moto_s3.region,
+    })
+    with config.open(config.uri_for_rank(1)) as file:
+        assert {k: file[k] for k in file}.keys() == state.keys()
+        for name, tensor in state.items():
+            assert torch.equal(file[name], tensor)
+    without_key = _vllm_config.settings({**config.s3, "tensorizer_uri": config.uri})
+    with pytest.raises(tensorstream.KeyRequiredError):
+        without_key.open(config.uri_for_rank(1))
