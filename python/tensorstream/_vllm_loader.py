@@ -35,7 +35,7 @@ class TensorstreamLoader(BaseModelLoader):
     def download_model(self, model_config: ModelConfig) -> None:
         """Nothing to download: checks that the file (rank 0's) opens."""
         config = self._settings(model_config)
-        with config.open(config.uri_for_rank(0), lazy_load=True):
+        with config.open(config.uri_for_rank(0), "cpu", lazy_load=True):
             pass
 
     def load_model(self, vllm_config: VllmConfig, model_config: ModelConfig, prefix: str = "") -> torch.nn.Module:
@@ -88,7 +88,7 @@ def _check_sharded(config: LoadSettings) -> None:
 
 
 def _is_vllm_serialized(config: LoadSettings, uri: str) -> bool:
-    with config.open(uri, lazy_load=True) as deserializer:  # reads the index only
+    with config.open(uri, "cpu", lazy_load=True) as deserializer:  # reads the index only
         return MARKER in deserializer
 
 

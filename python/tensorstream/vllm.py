@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from . import serialization
-from ._vllm_config import MARKER, LoadSettings, settings
+from ._vllm_config import MARKER, LoadSettings
 
 __all__ = ["register", "save_vllm_model", "FORMAT"]
 
