@@ -71,8 +71,10 @@ def _loader(method: str, key_file: str | None = None):
     elif method.startswith("ts-"):
         import tensorstream
 
+        extra = {"zero_copy": True} if method == "ts-mmap" else {}
+
         def load(path):
-            d = tensorstream.TensorDeserializer(path, device="cpu")
+            d = tensorstream.TensorDeserializer(path, device="cpu", **extra)
             return dict(d.items()), str(getattr(d, "io_backend", "?")), d
     elif method == "tensorizer":
         from tensorizer import TensorDeserializer

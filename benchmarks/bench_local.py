@@ -33,6 +33,8 @@ METHODS = {
     "ts-posix": ("tensorstream", {"TENSORSTREAM_IO_BACKEND": "posix"}),
     # Second load in one process: memory recycled from the first, so no fresh-memory cost.
     "ts-reload": ("tensorstream", {"TENSORSTREAM_IO_BACKEND": "auto"}),
+    # zero_copy=True: tensors mapped from the page cache (timed until every page is touched).
+    "ts-mmap": ("tensorstream", {}),
     "tensorizer": ("tensorizer", {}),
     "safetensors": ("safetensors", {}),
     "torch.load": ("torch", {}),

@@ -13,8 +13,10 @@ import dataclasses
 import http.server
 import re
 import select
+import shutil
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -304,3 +306,21 @@ class FaultServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+def self_signed_certificate(base: Path) -> Optional[Tuple[Path, Path, Path]]:
+    """A certificate for LOOPBACK made with the openssl command in ``base``: (cert, key, a hashed
+    CA directory holding it); None when openssl is not installed."""
+    if shutil.which("openssl") is None:
+        return None
+    cert, key = base / "cert.pem", base / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", str(key),
+         "-out", str(cert), "-subj", f"/CN={LOOPBACK}", "-addext", f"subjectAltName=IP:{LOOPBACK}"],
+        check=True, capture_output=True,
+    )
+    cadir = base / "cadir"
+    cadir.mkdir()
+    shutil.copy(cert, cadir / "test-ca.pem")
+    subprocess.run(["openssl", "rehash", str(cadir)], check=True, capture_output=True)
+    return cert, key, cadir

@@ -14,7 +14,7 @@ import pytest
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 BENCH = BENCH_DIR / "bench_local.py"
-ALL_METHODS = ["ts-uring", "ts-posix", "ts-reload", "tensorizer", "safetensors", "torch.load",
+ALL_METHODS = ["ts-uring", "ts-posix", "ts-reload", "ts-mmap", "tensorizer", "safetensors", "torch.load",
                "torch.load-mmap", "cat", "copy-4k", "copy-thp"]
 SIZE = ["--size-gib", "0.02", "--settle", "0"]
 

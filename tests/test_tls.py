@@ -4,15 +4,13 @@ directory, or no checks) when asked."""
 from __future__ import annotations
 
 import io
-import shutil
 import ssl
-import subprocess
 
 import pytest
 import torch
 
 import tensorstream
-from _http_servers import LOOPBACK, FaultServer
+from _http_servers import FaultServer, self_signed_certificate
 from _tensors import assert_same, random_tensor
 from tensorstream import TensorDeserializer, TensorSerializer, _core, stream_io
 from tensorstream.stream_io import CAInfo
@@ -23,20 +21,10 @@ pytestmark = pytest.mark.skipif(getattr(_core, "HttpSource", None) is None, reas
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
     """A self-signed certificate for 127.0.0.1: (cert file, key file, hashed CA directory)."""
-    if shutil.which("openssl") is None:
+    made = self_signed_certificate(tmp_path_factory.mktemp("tls"))
+    if made is None:
         pytest.skip("the openssl command is not installed")
-    base = tmp_path_factory.mktemp("tls")
-    cert, key = base / "cert.pem", base / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", str(key),
-         "-out", str(cert), "-subj", f"/CN={LOOPBACK}", "-addext", f"subjectAltName=IP:{LOOPBACK}"],
-        check=True, capture_output=True,
-    )
-    cadir = base / "cadir"
-    cadir.mkdir()
-    shutil.copy(cert, cadir / "test-ca.pem")
-    subprocess.run(["openssl", "rehash", str(cadir)], check=True, capture_output=True)
-    return cert, key, cadir
+    return made
 
 
 @pytest.fixture(scope="module")

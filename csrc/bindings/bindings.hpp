@@ -9,4 +9,5 @@ void register_io(pybind11::module_& m);
 void register_net(pybind11::module_& m);  // after register_format and register_io
 void register_device(pybind11::module_& m);  // after register_format
 void register_crypto(pybind11::module_& m);  // after register_io and register_device: adds methods
+void register_digests(pybind11::module_& m);  // after register_io and register_device
 }  // namespace tsb

@@ -68,6 +68,21 @@ void register_io(py::module_& m) {
                                       [&] { self.interrupt(); });
           },
           py::arg("index"), py::arg("requests"), py::arg("verify_hash") = false)
+      .def(
+          "check_in_place",
+          [](ts::Loader& self, const ts::tz::Index& index,
+             const std::vector<std::tuple<size_t, uintptr_t, uint64_t>>& requests, bool verify_hash) {
+            auto reqs = to_requests(requests);
+            struct Resume {
+              ts::Loader& loader;
+              ~Resume() { loader.resume(); }
+            } resume{self};
+            return call_interruptible([&] { return self.check_in_place(index, reqs, verify_hash); },
+                                      [&] { self.interrupt(); });
+          },
+          py::arg("index"), py::arg("requests"), py::arg("verify_hash") = false,
+          "As load(), for data already at each request's address (a mapping of the file): headers "
+          "checked, hashes computed where the data lies, nothing copied.")
       .def("cancel", &ts::Loader::cancel,
            "Stop the running load (from any thread) and refuse later ones: they raise LoadCancelled.")
       .def_property_readonly("cancelled", &ts::Loader::cancelled)

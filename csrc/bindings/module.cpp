@@ -8,4 +8,5 @@ PYBIND11_MODULE(_core, m) {
   tsb::register_net(m);
   tsb::register_device(m);
   tsb::register_crypto(m);
+  tsb::register_digests(m);
 }

@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings.hpp"
+#include "interruptible.hpp"
 #ifdef TENSORSTREAM_WITH_CURL
 #include "tensorstream/format/tensorizer.hpp"
 #include "tensorstream/net/http.hpp"
@@ -66,8 +67,9 @@ void register_net(py::module_& m) {
       .def(py::init([](std::string url, std::shared_ptr<const ts::SigV4Signer> signer, std::string display,
                        std::string ca_bundle, std::string ca_path, bool insecure) {
              auto o = options(std::move(signer), std::move(display), std::move(ca_bundle), std::move(ca_path), insecure);
-             py::gil_scoped_release nogil;
-             return std::make_shared<ts::HttpSource>(std::move(url), std::move(o));
+             ts::CancelToken stop;  // Ctrl-C stops the opening as it stops a load
+             return call_interruptible([&] { return std::make_shared<ts::HttpSource>(url, o, &stop); },
+                                       [&] { stop.interrupt(); });
            }),
            py::arg("url"), py::kw_only(), py::arg("signer") = nullptr, py::arg("display") = "",
            py::arg("ca_bundle") = "", py::arg("ca_path") = "", py::arg("insecure") = false);

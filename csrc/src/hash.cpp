@@ -38,4 +38,11 @@ std::array<uint8_t, 32> TensorHasher::sha256() {
   return out;
 }
 
+bool HeaderDigest::matches(const void* data, size_t n) const {
+  TensorHasher h;
+  h.update(hashed_header.data(), hashed_header.size());
+  h.update(data, n);
+  return (!crc32 || *crc32 == h.crc32()) && (!sha256 || *sha256 == h.sha256());
+}
+
 }  // namespace ts

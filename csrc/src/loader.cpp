@@ -1,5 +1,6 @@
 #include "tensorstream/loader.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <map>
@@ -10,6 +11,7 @@
 #include "tensorstream/errors.hpp"
 #include "tensorstream/hash.hpp"
 #include "tensorstream/tensor_checks.hpp"
+#include "tensorstream/thread_group.hpp"
 
 namespace ts {
 
@@ -18,6 +20,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+constexpr uint64_t kHashBlock = 4u << 20;  // in-place hashing checks for cancellation this often
 
 // Feeds one tensor's chunks to its hasher in order, whatever order they arrive in.
 class HashStream {
@@ -63,17 +67,76 @@ Loader::Loader(std::shared_ptr<Source> src, EngineOptions opts)
   engine_->set_cancel(&cancel_);
 }
 
-std::vector<uint16_t> Loader::load(const tz::Index& index, const std::vector<LoadRequest>& reqs, bool verify) {
+template <class F>
+std::vector<uint16_t> Loader::naming_cancel(F&& body) {
   try {
-    return load_checked(index, reqs, verify);
+    return body();
   } catch (const Cancelled&) {  // from an engine, a hasher or a check here: name the file
     throw Cancelled("loading '" + src_->name() + "' was cancelled");
   }
 }
 
+std::vector<uint16_t> Loader::load(const tz::Index& index, const std::vector<LoadRequest>& reqs, bool verify) {
+  return naming_cancel([&] { return load_checked(index, reqs, verify); });
+}
+
+std::vector<uint16_t> Loader::check_in_place(const tz::Index& index, const std::vector<LoadRequest>& reqs,
+                                             bool verify) {
+  return naming_cancel([&] { return check_checked(index, reqs, verify); });
+}
+
+std::vector<uint16_t> Loader::check_checked(const tz::Index& index, const std::vector<LoadRequest>& reqs,
+                                            bool verify) {
+  stats_ = LoadStats{};
+  digests_.clear();
+  if (index.header.encrypted())
+    throw std::invalid_argument("'" + src_->name() + "' is encrypted: its tensors cannot be used where they lie");
+  check_requests(index, reqs);
+  cancel_.check();
+  auto t0 = Clock::now();
+  std::vector<TensorCheck> checks = read_headers(*engine_, *src_, index, reqs, verify, keys_, stats_.reads, &cancel_);
+  stats_.header_seconds = since(t0);
+  t0 = Clock::now();
+  for (const auto& r : reqs) stats_.bytes += r.nbytes;
+  if (verify) {  // each tensor hashed where it lies, large ones first, by as many threads as loads use
+    std::vector<size_t> order;
+    for (size_t i = 0; i < reqs.size(); ++i)
+      if (reqs[i].nbytes) order.push_back(i);
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return reqs[a].nbytes > reqs[b].nbytes; });
+    std::atomic<size_t> next{0};
+    std::exception_ptr error;
+    std::mutex error_mu;
+    run_workers(std::min(order.size(), static_cast<size_t>(opts_.threads ? opts_.threads : default_threads())),
+                [&](size_t) {
+                  for (size_t k; (k = next.fetch_add(1)) < order.size();) {
+                    const size_t r = order[k];
+                    try {
+                      for (uint64_t at = 0; at < reqs[r].nbytes; at += kHashBlock) {
+                        cancel_.check();
+                        checks[r].hasher->update(reqs[r].dst + at, std::min(kHashBlock, reqs[r].nbytes - at));
+                      }
+                      finish_check(checks[r], index.entries[reqs[r].entry].name, src_->name());
+                    } catch (...) {
+                      std::lock_guard<std::mutex> lock(error_mu);
+                      if (!error) error = std::current_exception();
+                      next = order.size();
+                    }
+                  }
+                });
+    if (error) std::rethrow_exception(error);
+  }
+  stats_.data_seconds = since(t0);
+  digests_ = digests_of(checks);
+  std::vector<uint16_t> modules;
+  modules.reserve(checks.size());
+  for (const auto& c : checks) modules.push_back(c.header.module_idx);
+  return modules;
+}
+
 std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::vector<LoadRequest>& reqs,
                                            bool verify) {
   stats_ = LoadStats{};
+  digests_.clear();
   check_requests(index, reqs);
   cancel_.check();
   if (reqs.empty()) return {};
@@ -116,7 +179,7 @@ std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::ve
       const size_t r = op_req[p.op];
       auto hash = [&](uint64_t at, uint64_t n) {
         if (verify && streams[p.op].add(at, n, ops[p.op].dst, *checks[r].hasher, cancel_))
-          finish_check(checks[r], index.entries[reqs[r].entry].name);
+          finish_check(checks[r], index.entries[reqs[r].entry].name, src_->name());
       };
       const uint64_t at = p.dst - ops[p.op].dst;
       cancel_.check();  // before opening crypto chunks: the load is abandoned
@@ -132,6 +195,7 @@ std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::ve
   stats_.data_seconds = since(t0);
   stats_.queued_bytes = engine_->queued_bytes();
   stats_.reads += ops.size();
+  digests_ = digests_of(checks);
   std::vector<uint16_t> modules;
   modules.reserve(checks.size());
   for (const auto& c : checks) modules.push_back(c.header.module_idx);

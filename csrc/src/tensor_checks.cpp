@@ -21,15 +21,13 @@ std::string hex(const uint8_t* p, size_t n) {
   return s;
 }
 
-void feed_header(TensorHasher& h, const uint8_t* raw, size_t size, const tz::TensorHeader& th) {
-  std::vector<uint8_t> copy(raw, raw + size);
-  for (auto [b, e] : th.hash_value_ranges) std::memset(copy.data() + b, 0, e - b);
-  if (th.crypt_end > th.crypt_begin) {
-    h.update(copy.data(), th.crypt_begin);
-    h.update(copy.data() + th.crypt_end, size - th.crypt_end);
-  } else {
-    h.update(copy.data(), size);
-  }
+HeaderDigest digest_of(const uint8_t* raw, size_t size, const tz::TensorHeader& th, size_t entry) {
+  HeaderDigest d{entry, th.crc32, th.sha256, std::vector<uint8_t>(raw, raw + size)};
+  for (auto [b, e] : th.hash_value_ranges) std::memset(d.hashed_header.data() + b, 0, e - b);
+  if (th.crypt_end > th.crypt_begin)
+    d.hashed_header.erase(d.hashed_header.begin() + static_cast<std::ptrdiff_t>(th.crypt_begin),
+                          d.hashed_header.begin() + static_cast<std::ptrdiff_t>(th.crypt_end));
+  return d;
 }
 
 // The key of one tensor of an encrypted file; null for tensors without data.
@@ -95,11 +93,13 @@ std::vector<TensorCheck> read_headers(ReadEngine& engine, const Source& src, con
       const auto& e = index.entries[reqs[i].entry];
       const ReadOp& op = ops[i - begin];
       checks[i].header = tz::parse_tensor_header(op.dst, op.length, e, index.header);
+      checks[i].digest = digest_of(op.dst, op.length, checks[i].header, reqs[i].entry);
       if (index.header.encrypted()) checks[i].key = key_for(checks[i].header, e, keys);
       if (verify) {
         checks[i].hasher = std::make_unique<TensorHasher>();
-        feed_header(*checks[i].hasher, op.dst, op.length, checks[i].header);
-        if (e.data_length == 0) finish_check(checks[i], e.name);
+        const auto& covered = checks[i].digest.hashed_header;
+        checks[i].hasher->update(covered.data(), covered.size());
+        if (e.data_length == 0) finish_check(checks[i], e.name, src.name());
       }
     }
     reads += ops.size();
@@ -108,15 +108,39 @@ std::vector<TensorCheck> read_headers(ReadEngine& engine, const Source& src, con
   return checks;
 }
 
-void finish_check(TensorCheck& c, const std::string& name) {
+std::vector<HeaderDigest> read_digests(const Source& src, const tz::Index& index, const std::vector<size_t>& entries) {
+  std::vector<HeaderDigest> out;
+  out.reserve(entries.size());
+  std::vector<uint8_t> raw;
+  for (size_t pos : entries) {
+    if (pos >= index.entries.size())
+      throw std::invalid_argument("no tensor #" + std::to_string(pos) + " among " +
+                                  std::to_string(index.entries.size()));
+    const auto& e = index.entries[pos];
+    raw.resize(e.header_size());
+    src.read_exact(e.header_offset, raw.data(), raw.size());
+    out.push_back(digest_of(raw.data(), raw.size(), tz::parse_tensor_header(raw.data(), raw.size(), e, index.header),
+                            pos));
+  }
+  return out;
+}
+
+std::vector<HeaderDigest> digests_of(const std::vector<TensorCheck>& checks) {
+  std::vector<HeaderDigest> out;
+  out.reserve(checks.size());
+  for (const auto& c : checks) out.push_back(c.digest);
+  return out;
+}
+
+void finish_check(TensorCheck& c, const std::string& name, const std::string& file) {
   if (c.header.crc32 && *c.header.crc32 != c.hasher->crc32())
-    throw HashMismatchError("CRC32 mismatch: stored " + std::to_string(*c.header.crc32) + ", computed " +
+    throw HashMismatchError(file + ": CRC32 mismatch: stored " + std::to_string(*c.header.crc32) + ", computed " +
                                 std::to_string(c.hasher->crc32()),
                             name);
   if (c.header.sha256) {
     auto got = c.hasher->sha256();
     if (got != *c.header.sha256)
-      throw HashMismatchError("SHA-256 mismatch: stored " + hex(c.header.sha256->data(), 32) + ", computed " +
+      throw HashMismatchError(file + ": SHA-256 mismatch: stored " + hex(c.header.sha256->data(), 32) + ", computed " +
                                   hex(got.data(), 32),
                               name);
   }

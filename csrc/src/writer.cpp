@@ -14,6 +14,7 @@
 #include "tensorstream/errors.hpp"
 #include "tensorstream/hash.hpp"
 #include "tensorstream/io/engine.hpp"
+#include "tensorstream/thread_group.hpp"
 
 namespace ts {
 
@@ -21,10 +22,17 @@ namespace {
 
 constexpr uint64_t kWriteBlock = 1u << 20;  // hashed then written while it is in cache
 
-size_t index_bytes(const std::vector<tz::IndexEntry>& entries, bool tagged) {
+uint64_t index_bytes(const std::vector<tz::IndexEntry>& entries, bool tagged) {
   std::vector<uint8_t> out;
   for (const auto& e : entries) tz::append_index_entry(out, e, tagged);
   return out.size();
+}
+
+// The encoded index entries from `first` on.
+std::vector<uint8_t> encode_entries(const std::vector<tz::IndexEntry>& entries, size_t first, bool tagged) {
+  std::vector<uint8_t> out;
+  for (size_t i = first; i < entries.size(); ++i) tz::append_index_entry(out, entries[i], tagged);
+  return out;
 }
 
 }  // namespace
@@ -126,9 +134,12 @@ void Writer::write(const std::vector<WriteRecord>& records) {
     versioned = versioned || long_shape;
     added.push_back(std::move(e));
   }
-  std::vector<tz::IndexEntry> all(entries_);
-  all.insert(all.end(), added.begin(), added.end());
-  if (index_bytes(all, versioned) > tz::kWriterMetadataLen)
+  // The index size so far is kept, so that many small writes cost no more than one large one;
+  // it is counted again only when the entries' encoding changes (the first long shape).
+  const bool recode = versioned != versioned_;
+  const uint64_t before = recode ? index_bytes(entries_, versioned) : index_bytes_;
+  const uint64_t index_after = before + index_bytes(added, versioned);
+  if (index_after > tz::kWriterMetadataLen)
     throw std::length_error("too many tensors: the index would exceed its " +
                             std::to_string(tz::kWriterMetadataLen) + " bytes");
 
@@ -143,13 +154,15 @@ void Writer::write(const std::vector<WriteRecord>& records) {
     hash_and_write(records, added, headers, crypts);
   }
 
-  entries_ = std::move(all);
+  const size_t first = entries_.size();
+  entries_.insert(entries_.end(), std::make_move_iterator(added.begin()), std::make_move_iterator(added.end()));
+  index_bytes_ = index_after;
   header_.version = version;
   versioned_ = versioned;
   header_.tensor_size += data_bytes;
   header_.tensor_count = entries_.size();
   next_ = pos;
-  if (!sink_) commit_prologue();
+  if (!sink_) commit_prologue(first, recode);
 }
 
 void Writer::hash_and_write(const std::vector<WriteRecord>& records, const std::vector<tz::IndexEntry>& added,
@@ -163,7 +176,7 @@ void Writer::hash_and_write(const std::vector<WriteRecord>& records, const std::
   std::atomic<size_t> next{0};
   std::exception_ptr error;
   std::mutex error_mu;
-  auto worker = [&] {
+  auto worker = [&](size_t) {
     for (size_t k; (k = next.fetch_add(1)) < order.size();) {
       size_t i = order[k];
       try {
@@ -193,11 +206,7 @@ void Writer::hash_and_write(const std::vector<WriteRecord>& records, const std::
       }
     }
   };
-  std::vector<std::thread> pool;
-  size_t n = std::min<size_t>(threads_, order.size());
-  for (size_t t = 1; t < n; ++t) pool.emplace_back(worker);
-  worker();
-  for (auto& t : pool) t.join();
+  run_workers(std::min<size_t>(threads_, order.size()), worker);
   if (error) std::rethrow_exception(error);
 }
 
@@ -207,7 +216,7 @@ void Writer::hash_then_stream(const std::vector<WriteRecord>& records, const std
   std::atomic<size_t> next{0};
   std::exception_ptr error;
   std::mutex error_mu;
-  auto worker = [&] {
+  auto worker = [&](size_t) {
     for (size_t i; (i = next.fetch_add(1)) < records.size();) {
       try {
         TensorHasher h;
@@ -227,11 +236,7 @@ void Writer::hash_then_stream(const std::vector<WriteRecord>& records, const std
       }
     }
   };
-  std::vector<std::thread> pool;
-  size_t n = std::min<size_t>(threads_, records.size());
-  for (size_t t = 1; t < n; ++t) pool.emplace_back(worker);
-  worker();
-  for (auto& t : pool) t.join();
+  run_workers(std::min<size_t>(threads_, records.size()), worker);
   if (error) std::rethrow_exception(error);
   for (size_t i = 0; i < records.size(); ++i) {
     sink_->append(headers[i].bytes.data(), headers[i].bytes.size());
@@ -252,10 +257,20 @@ void Writer::set_encryption(const crypto::SecretKey& key, const std::optional<cr
   header_.feature_flags |= tz::kFlagEncrypted;
 }
 
-void Writer::commit_prologue() {
+void Writer::commit_prologue(size_t first, bool whole) {
   const uint64_t zero = 0;
   pwrite_all(&zero, sizeof zero, next_);  // terminator; the next record overwrites it
-  std::vector<uint8_t> head = prologue();
+  if (whole || first == 0) {
+    std::vector<uint8_t> head = prologue();
+    pwrite_all(head.data(), head.size(), 0);
+    return;
+  }
+  // Only what changed: the new entries after the old ones, then the file header.
+  std::vector<uint8_t> tail = encode_entries(entries_, first, versioned_);
+  pwrite_all(tail.data(), tail.size(), tz::kFileHeaderSize + index_bytes_ - tail.size());
+  if (versioned_) header_.feature_flags |= tz::kFlagVersionedHeaders;
+  std::vector<uint8_t> head = tz::build_file_header(header_);
+  head.resize(tz::kFileHeaderSize, 0);
   pwrite_all(head.data(), head.size(), 0);
 }
 

@@ -26,3 +26,21 @@ TEST(crc32_matches_zlib) {
   CHECK(split == static_cast<uint32_t>(crc32_z(0, buf.data(), 61234)));
   CHECK(bad == 0);
 }
+
+TEST(header_digest_checks_header_and_data_against_each_stored_hash) {
+  std::vector<uint8_t> header = {1, 2, 3}, data = {4, 5, 6, 7};
+  ts::TensorHasher h;
+  h.update(header.data(), header.size());
+  h.update(data.data(), data.size());
+  const uint32_t crc = h.crc32();
+  const auto sha = h.sha256();
+  ts::HeaderDigest both{0, crc, sha, header};
+  CHECK(both.matches(data.data(), data.size()));
+  CHECK(!both.matches(data.data(), data.size() - 1));
+  ts::HeaderDigest crc_only{0, crc, std::nullopt, header}, sha_only{0, std::nullopt, sha, header};
+  ts::HeaderDigest none{0, std::nullopt, std::nullopt, header};
+  data[2] ^= 1;
+  CHECK(!both.matches(data.data(), data.size()));
+  CHECK(!crc_only.matches(data.data(), data.size()) && !sha_only.matches(data.data(), data.size()));
+  CHECK(none.matches(data.data(), data.size()));  // nothing stored: nothing to disagree with
+}

@@ -66,3 +66,24 @@ TEST(uri_encode_follows_s3_rules) {
   CHECK(ts::uri_encode("a/b", false) == "a%2Fb");
   CHECK(ts::uri_encode("\xc3\xa9", true) == "%C3%A9");
 }
+
+TEST(sigv4_refuses_control_characters) {
+  auto make = [](const char* id, const char* secret, const char* token, const char* region) {
+    ts::SigV4Signer s(ts::AwsCredentials{id, secret, token}, region);
+  };
+  CHECK_THROWS(make("id\r\nX-Injected: 1", "secret", "", "us-east-1"), std::invalid_argument);
+  CHECK_THROWS(make("id", "sec\nret", "", "us-east-1"), std::invalid_argument);
+  CHECK_THROWS(make("id", "secret", "tok\x7f", "us-east-1"), std::invalid_argument);
+  CHECK_THROWS(make("id", "secret", "", "us-east-1\t"), std::invalid_argument);
+  try {
+    make("id", "secret", "tok\r\nX-Injected: 1", "us-east-1");
+  } catch (const std::invalid_argument& e) {
+    CHECK(std::string(e.what()).find("X-Injected") == std::string::npos);  // the value is never repeated
+  }
+}
+
+TEST(sigv4_keeps_dot_segments_in_the_canonical_uri) {
+  auto t = example_signer().sign_traced("GET", "https://examplebucket.s3.amazonaws.com/a/../b/./c.tensors", {},
+                                        ts::SigV4Signer::kUnsignedPayload, 1369353600);
+  CHECK(t.canonical_request.rfind("GET\n/a/../b/./c.tensors\n", 0) == 0);
+}

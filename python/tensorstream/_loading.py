@@ -1,14 +1,13 @@
 """Turning index entries into CPU tensors: destinations, one core call, typed views.
 
-An eager load puts every tensor into one anonymous mapping (the *arena*) advised for
-transparent huge pages and never zero-filled by us: the core's reads are what fault the pages
-in, so the memory is written once. Each tensor starts at a 64-byte boundary.
+An eager load puts every tensor into one anonymous mapping (the arena, ``_arena``), never
+zero-filled by us: the core's reads are what fault the pages in, so the memory is written once.
+Each tensor starts at a 64-byte boundary and owns a storage of its own bytes.
 """
 
 from __future__ import annotations
 
 import math
-import mmap
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,11 +15,10 @@ from typing import Any
 
 import torch
 
-from . import _dtypes, _names
+from . import _arena, _dtypes, _names
 from .errors import FormatError
 
 ALIGN = 64
-HUGE_PAGE = 2 << 20
 
 
 @dataclass(frozen=True)
@@ -81,59 +79,28 @@ def _physical_memory() -> int:
         return 1 << 62
 
 
-def _layout(records: Sequence[Record]) -> tuple[list[int], int]:
-    """64-byte aligned offsets of each record's data, and the arena size (2 MiB multiple)."""
+def layout(records: Sequence[Record], align: int = ALIGN) -> tuple[list[int], int]:
+    """``align``-byte aligned offsets of each record's data, and where the last one ends."""
     offsets, end = [], 0
     for rec in records:
-        start = -(-end // ALIGN) * ALIGN
+        start = -(-end // align) * align
         offsets.append(start)
         end = start + rec.nbytes
-    return offsets, -(-end // HUGE_PAGE) * HUGE_PAGE
+    return offsets, end
 
 
-def _huge_pages() -> bool:
-    """Whether eager loads advise their arena for transparent huge pages (TENSORSTREAM_HUGE_PAGES).
-
-    Off by default: measured on a virtual machine that returns freed memory to its host, filling
-    fresh memory advised for huge pages ran at half the speed of ordinary 4 KiB pages
-    (see BENCHMARKS.md). Hosts where huge-page faults are cheap may gain by turning it on.
-    """
-    value = os.environ.get("TENSORSTREAM_HUGE_PAGES", "0").strip().lower()
-    if value in ("1", "on", "true", "yes"):
-        return True
-    if value in ("", "0", "off", "false", "no"):
-        return False
-    raise ValueError(f"TENSORSTREAM_HUGE_PAGES must be 0 or 1 (or on/off), not {value!r}")
-
-
-def arena(size: int) -> torch.Tensor:
-    """``size`` bytes of fresh private anonymous memory as uint8, starting on a 2 MiB boundary.
-
-    The mapping is one huge page longer than asked (older kernels do not align anonymous
-    mappings); the untouched slack costs no memory. It is advised for huge pages, or against
-    them, as ``_huge_pages()`` says, so that the kernel's THP mode does not decide alone.
-    """
-    region = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    advice = getattr(mmap, "MADV_HUGEPAGE" if _huge_pages() else "MADV_NOHUGEPAGE", None)
-    if advice is not None:
-        try:
-            region.madvise(advice)
-        except OSError:
-            pass  # THP unavailable: ordinary pages still work
-    whole = torch.frombuffer(region, dtype=torch.uint8)
-    skip = -whole.data_ptr() % HUGE_PAGE
-    return whole[skip : skip + size]
-
-
-def _typed(raw: torch.Tensor, rec: Record) -> torch.Tensor:
+def typed(raw: torch.Tensor, rec: Record) -> torch.Tensor:
+    """The record's tensor over ``raw``, its uint8 bytes."""
     return raw.view(rec.dtype).view(rec.shape)
 
 
-def _empty(rec: Record) -> torch.Tensor:
-    """Meta tensors load as zeros; zero-element tensors as empty tensors."""
+def empty(rec: Record, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Meta tensors load as zeros; zero-element tensors as empty tensors. The device is always
+    explicit, so that a caller's ``torch.device(...)`` context or default device does not move
+    host buffers."""
     if rec.is_meta:
-        return torch.zeros(rec.shape, dtype=rec.dtype)
-    return torch.empty(rec.shape, dtype=rec.dtype)
+        return torch.zeros(rec.shape, dtype=rec.dtype, device=device)
+    return torch.empty(rec.shape, dtype=rec.dtype, device=device)
 
 
 def load(
@@ -143,27 +110,46 @@ def load(
 
     The index does not carry module_idx; the core reads it from each per-tensor header.
 
-    ``pooled`` puts all data in one arena (eager loads); otherwise each tensor gets its own
-    allocation, so that it can be freed on its own (lazy loads).
+    ``pooled`` puts all data in one arena (eager loads: see ``_arena``); otherwise each tensor
+    gets an allocation from torch (lazy loads). Either way each tensor owns a storage of exactly
+    its own bytes.
     """
     with_data = [r for r in records if r.nbytes]
-    pool = None
     if pooled:
-        offsets, size = _layout(with_data)
-        pool = arena(size) if size else None
-        raws = [pool[off : off + r.nbytes] for off, r in zip(offsets, with_data, strict=True)]
+        offsets, size = layout(with_data)
+        spans = [(off, r.nbytes) for off, r in zip(offsets, with_data, strict=True)]
+        raws = _arena.slices(spans, size) if spans else []
     else:
-        raws = [torch.empty(r.nbytes, dtype=torch.uint8) for r in with_data]
-    requests = [(r.pos, raw.data_ptr(), r.nbytes) for r, raw in zip(with_data, raws, strict=True)]
-    requests += [(r.pos, 0, 0) for r in records if not r.nbytes]
-    requests.sort()
+        raws = [torch.empty(r.nbytes, dtype=torch.uint8, device="cpu") for r in with_data]
+    requests = plan(records, with_data, raws)
     try:
         module_idx = loader.load(index, requests, verify_hash)
     except BaseException:
         # A traceback the caller keeps holds this frame, not the memory or the loader (a closed
         # deserializer's file and connections close with it).
-        pool = raws = loader = None
+        raws = loader = None
         raise
-    out = {r.pos: _typed(raw, r) for r, raw in zip(with_data, raws, strict=True)}
-    out.update((r.pos, _empty(r)) for r in records if not r.nbytes)
+    return results(records, with_data, raws, requests, module_idx)
+
+
+def plan(records: Sequence[Record], with_data: Sequence[Record], raws: Sequence[torch.Tensor]) -> list[tuple]:
+    """The core's requests, ``(pos, address, nbytes)`` in index order: data records at their
+    ``raws`` buffer, the others with no data."""
+    requests = [(r.pos, raw.data_ptr(), r.nbytes) for r, raw in zip(with_data, raws, strict=True)]
+    requests += [(r.pos, 0, 0) for r in records if not r.nbytes]
+    requests.sort()
+    return requests
+
+
+def results(
+    records: Sequence[Record],
+    with_data: Sequence[Record],
+    raws: Sequence[torch.Tensor],
+    requests: Sequence[tuple],
+    module_idx: Sequence[int],
+    device: torch.device | str = "cpu",
+) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
+    """``{pos: tensor}`` and ``{pos: module_idx}`` once the core has filled (or checked) ``raws``."""
+    out = {r.pos: typed(raw, r) for r, raw in zip(with_data, raws, strict=True)}
+    out.update((r.pos, empty(r, device)) for r in records if not r.nbytes)
     return out, {pos: idx for (pos, _, _), idx in zip(requests, module_idx, strict=True)}

@@ -6,6 +6,8 @@ shows up in one file.
 
 from __future__ import annotations
 
+from typing import Any
+
 try:
     from . import _core
 except ImportError as exc:  # pragma: no cover - only on a broken install
@@ -27,6 +29,7 @@ PinnedBuffer = _core.PinnedBuffer
 cuda_driver = _core.cuda_driver
 Writer = _core.Writer
 read_index = _core.read_index
+read_digests = _core.read_digests
 derive_key = _core.derive_key
 core_features = _core.features
 
@@ -43,6 +46,27 @@ __all__ = [
     "cuda_driver",
     "Writer",
     "read_index",
+    "read_digests",
     "derive_key",
     "core_features",
 ]
+
+
+class CoreWrapper:
+    """Base of the Python loaders that wrap a core loader (``self.core``): what the deserializer
+    asks of every loader besides ``load``."""
+
+    core: Any
+
+    def stats(self) -> dict[str, Any]:
+        return self.core.stats()
+
+    def digests(self) -> list[Any]:
+        return self.core.digests()
+
+    def cancel(self) -> None:
+        self.core.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.core.cancelled

@@ -1,7 +1,6 @@
 """Loading to a GPU through the core's pinned ring (``_core.DeviceLoader``).
 
-Destinations are allocated by torch on the device (an eager load gets one block, a lazy one a
-block per tensor); their addresses go to the core, which reads the file through a small ring of
+Destinations are allocated by torch on the device, one per tensor (so each owns its storage); their addresses go to the core, which reads the file through a small ring of
 pinned host slots and copies each full slot to the device. Host memory stays at the ring's size
 whatever the model's size.
 
@@ -23,7 +22,6 @@ from . import _loading, _native
 from .errors import CudaUnavailableError
 
 STANDIN_ENV = "TENSORSTREAM_DEVICE_STANDIN"
-ALIGN = 256  # destination alignment inside an eager load's block
 _KNOBS = {"delay_us": "copy_delay_us", "fail_copy_at": "fail_copy_at", "background": "background"}
 
 
@@ -49,7 +47,7 @@ def wanted(device: torch.device) -> bool:
     return device.type == "cuda" or standin() is not None
 
 
-class RingLoader:
+class RingLoader(_native.CoreWrapper):
     """A ``_core.DeviceLoader`` for one device; ``load`` below fills it."""
 
     def __init__(
@@ -73,15 +71,6 @@ class RingLoader:
     def set_decryption(self, **kwargs: Any) -> None:
         self.core.set_decryption(**kwargs)
 
-    def stats(self) -> dict[str, Any]:
-        return self.core.stats()
-
-    def cancel(self) -> None:
-        self.core.cancel()
-
-    @property
-    def cancelled(self) -> bool:
-        return self.core.cancelled
 
 
 def _check_torch(device: torch.device) -> None:
@@ -95,48 +84,23 @@ def _check_torch(device: torch.device) -> None:
         raise CudaUnavailableError(f"torch sees {count} CUDA device(s): there is no {device}")
 
 
-def _layout(records: Sequence[_loading.Record]) -> tuple[list[int], int]:
-    offsets, end = [], 0
-    for rec in records:
-        start = -(-end // ALIGN) * ALIGN
-        offsets.append(start)
-        end = start + rec.nbytes
-    return offsets, end
-
-
-def _empty(rec: _loading.Record, device: torch.device) -> torch.Tensor:
-    """Meta tensors load as zeros; zero-element tensors as empty tensors."""
-    if rec.is_meta:
-        return torch.zeros(rec.shape, dtype=rec.dtype, device=device)
-    return torch.empty(rec.shape, dtype=rec.dtype, device=device)
-
-
 def load(
     loader: RingLoader, index: Any, records: Sequence[_loading.Record], verify_hash: bool, *, pooled: bool
 ) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
     """As :func:`_loading.load`, onto ``loader.device``: ``{pos: tensor}`` and ``{pos: module_idx}``."""
     device = loader.device
     with_data = [r for r in records if r.nbytes]
-    if pooled:
-        offsets, size = _layout(with_data)
-        block = torch.empty(size, dtype=torch.uint8, device=device) if size else None
-        raws = [block[off : off + r.nbytes] for off, r in zip(offsets, with_data, strict=True)]
-    else:
-        raws = [torch.empty(r.nbytes, dtype=torch.uint8, device=device) for r in with_data]
+    # One allocation per tensor, eager or lazy: each owns its storage, and its memory goes back
+    # to torch's allocator when it is dropped.
+    raws = [torch.empty(r.nbytes, dtype=torch.uint8, device=device) for r in with_data]
     if device.type == "cuda":
         # The allocator may hand out memory that kernels queued on torch's stream still use;
         # the core copies on its own streams, so let those finish first.
         torch.cuda.current_stream(device).synchronize()
-    requests = [(r.pos, raw.data_ptr(), r.nbytes) for r, raw in zip(with_data, raws, strict=True)]
-    requests += [(r.pos, 0, 0) for r in records if not r.nbytes]
-    requests.sort()
+    requests = _loading.plan(records, with_data, raws)
     try:
         module_idx = loader.core.load(index, requests, verify_hash)
     except BaseException:
-        # A traceback the caller keeps holds this frame, not the memory or the loader (a closed
-        # deserializer's file and connections close with it).
-        block = raws = loader = None
+        raws = loader = None  # as in _loading.load: a kept traceback holds neither
         raise
-    out = {r.pos: raw.view(r.dtype).view(r.shape) for r, raw in zip(with_data, raws, strict=True)}
-    out.update((r.pos, _empty(r, device)) for r in records if not r.nbytes)
-    return out, {pos: idx for (pos, _, _), idx in zip(requests, module_idx, strict=True)}
+    return _loading.results(records, with_data, raws, requests, module_idx, device)

@@ -12,7 +12,8 @@ Credentials are looked up in tensorizer's order, then in the AWS chain:
 With no credentials anywhere (or with both keys given as ``""``, as in tensorizer) requests are
 sent unsigned, which public buckets accept. The endpoint comes from the arguments, the s3cmd
 file, ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, the profile's ``endpoint_url``, else AWS
-itself; the region from ``s3_region_name``, ``AWS_REGION``, ``AWS_DEFAULT_REGION``, the profile,
+itself (``s3://tensorized/...``, tensorizer's public models, goes unsigned to CoreWeave's
+public endpoint when neither an endpoint nor credentials are configured); the region from ``s3_region_name``, ``AWS_REGION``, ``AWS_DEFAULT_REGION``, the profile,
 the s3cmd file, else ``us-east-1``. ``TENSORSTREAM_S3_ADDRESSING`` (``auto``, ``path`` or
 ``virtual``) overrides how the bucket is addressed; ``auto`` uses virtual-hosted names on AWS and
 paths everywhere else.
@@ -32,6 +33,10 @@ from . import _native
 __all__ = ["S3Location", "resolve", "parse_uri", "TlsOptions"]
 
 _BUCKET_DNS = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+# tensorizer's public pre-tensorized models: this bucket, with no endpoint and no credentials
+# configured, is read unsigned from CoreWeave's public endpoint, as tensorizer reads it.
+PUBLIC_BUCKET = "tensorized"
+PUBLIC_ENDPOINT = "https://accel-object.ord1.coreweave.com"
 
 
 @dataclass(frozen=True)
@@ -68,13 +73,35 @@ class S3Location:
     def __repr__(self) -> str:
         key_id = self.signer.access_key_id if self.signer is not None else None
         return (
-            f"S3Location({self.uri!r}, url={self.url!r}, region={self.region!r}, "
+            f"S3Location({self.uri!r}, url={redact_password(self.url)!r}, region={self.region!r}, "
             f"access_key_id={key_id!r}, credentials_from={self.credentials_from!r})"
         )
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def refuse_control(what: str, value: str | None) -> None:
+    """ValueError when ``value`` holds a control character (CR/LF would start a new header); the
+    message names ``what`` only, never the value."""
+    if value and _CONTROL.search(value):
+        raise ValueError(f"{what} holds a control character (CR, LF, NUL...)")
+
+
+def redact_password(url: str) -> str:
+    """``url`` with the password of its user info (``user:password@host``) replaced by ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+
+
 def parse_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/key`` → (bucket, key); ValueError for anything else."""
+    if "\0" in uri:
+        raise ValueError("an S3 URI may not hold a NUL byte")
     if not uri.lower().startswith("s3://"):
         raise ValueError(f"not an s3:// URI: {uri!r}")
     rest = uri[5:]
@@ -172,12 +199,13 @@ def _from_aws(env: dict[str, str]) -> _Found:
 
 
 def _endpoint_url(endpoint: str, use_https: bool | None) -> str:
+    refuse_control("the S3 endpoint", endpoint)
     endpoint = endpoint.strip().rstrip("/")
     if "://" not in endpoint:
         endpoint = ("http://" if use_https is False else "https://") + endpoint
     parsed = urllib.parse.urlsplit(endpoint)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError(f"an S3 endpoint must be a host or an http(s) URL, not {endpoint!r}")
+        raise ValueError(f"an S3 endpoint must be a host or an http(s) URL, not {redact_password(endpoint)!r}")
     return endpoint
 
 
@@ -215,7 +243,12 @@ def resolve(
     signed = bool(key_id)
 
     region = explicit.region or aws.region or cfg.region or "us-east-1"
+    for what, value in (("the S3 access key id", key_id), ("the S3 secret access key", secret),
+                        ("the S3 session token", token), ("the S3 region", region)):
+        refuse_control(what, value)
     endpoint = explicit.endpoint or cfg.endpoint or aws.endpoint
+    if endpoint is None and not signed and bucket == PUBLIC_BUCKET:
+        endpoint = PUBLIC_ENDPOINT
     use_https = cfg.use_https if (not explicit.endpoint and cfg.endpoint) else None
     aws_default = endpoint is None
     base = _endpoint_url(endpoint or f"s3.{region}.amazonaws.com", use_https)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import stat
 import tempfile
 from typing import Any
 
@@ -89,6 +90,8 @@ class WriteTarget:
         self._owned = False  # we opened fd and must close it
         self._spool: Any | None = None  # temporary file for objects without a descriptor
         self.s3: _s3.S3Location | None = None  # set for S3 objects (streamed, no descriptor)
+        self.path: str | None = None  # set for a path we opened (and may remove if writing fails)
+        self._removed = False
         self.fd = self._open(obj)
 
     @property
@@ -97,9 +100,9 @@ class WriteTarget:
         return self.s3 is not None
 
     def make_writer(self, threads: int) -> Any:
-        """The core writer for this target."""
+        """The core writer for this target (errors from a local file name it)."""
         if self.s3 is None:
-            return _native.Writer(self.fd, threads=threads)
+            return _NamedWriter(_native.Writer(self.fd, threads=threads), self)
         return _native.multipart_writer(
             **_s3_source_args(self.s3), part_bytes=_s3.part_bytes(), parallel=_s3.upload_concurrency(), threads=threads
         )
@@ -120,6 +123,7 @@ class WriteTarget:
             if lower.startswith(_HTTP_PREFIXES):
                 raise ValueError(f"cannot write to {path.split('?')[0]}: http(s):// URLs are read-only (use s3://)")
             self._owned = True
+            self.path = path
             return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         if isinstance(obj, int) and not isinstance(obj, bool):
             return obj
@@ -156,6 +160,50 @@ class WriteTarget:
         if self._spool is not None:
             self._spool.close()
         self.fd = -1
+
+
+    def failed(self, exc: OSError) -> None:
+        """Names the file in a write error; a partial regular file that we created is removed."""
+        name = self.path if self.path is not None else getattr(self._obj, "name", None)
+        if exc.filename is None and isinstance(name, str):
+            exc.filename = name
+        if self.path is not None and self.fd >= 0:
+            try:
+                regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
+                os.close(self.fd)
+                self.fd = -1
+                if regular:
+                    os.unlink(self.path)
+                    self._removed = True
+            except OSError:
+                pass
+        if self._removed and exc.strerror and "partial file" not in exc.strerror:
+            exc.strerror = f"{exc.strerror} (the partial file was removed)"
+
+
+class _NamedWriter:
+    """A core writer whose I/O errors name the file written (see :meth:`WriteTarget.failed`)."""
+
+    def __init__(self, writer: Any, target: WriteTarget) -> None:
+        self._writer = writer
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)
+
+    def write(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._writer.write(*args, **kwargs)
+        except OSError as exc:
+            self._target.failed(exc)
+            raise
+
+    def close(self) -> None:
+        try:
+            self._writer.close()
+        except OSError as exc:
+            self._target.failed(exc)
+            raise
 
 
 def _check_writable(obj: Any) -> None:

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy
 import torch
 
-from . import _assign, _device, _dtypes, _loading, _names, _native, _ring, _sources, _staging
+from . import _assign, _device, _dtypes, _loading, _mapped, _names, _native, _ring, _sources, _staging
 from . import encryption as _encryption
 from .encryption import DecryptionParams, EncryptionParams
 
@@ -232,7 +232,7 @@ def _pending(idx: int, name: Any, tensor_type: int, tensor: Any, done: Callable[
     tensor = _as_tensor(tensor, name)
     if tensor.is_meta and tensor.dim() == 0:
         # A 0-dim tensor cannot be told apart from a meta one in the file: store a real zero.
-        tensor = torch.zeros((), dtype=tensor.dtype)
+        tensor = torch.zeros((), dtype=tensor.dtype, device="cpu")
     dtype = _dtypes.encode(tensor.dtype)
     meta = tensor.is_meta
     nbytes = 0 if meta else tensor.numel() * tensor.element_size()
@@ -277,6 +277,11 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     thread stops a running load, which then raises :class:`~tensorstream.errors.LoadCancelled`;
     Ctrl-C stops a load run from the main thread. Either way no tensor of that load is handed out.
 
+    ``zero_copy=True`` (local, unencrypted files, CPU only) uses the tensors where they lie in
+    the page cache, through a private copy-on-write mapping of the file: nothing is copied and
+    processes loading the same file share its memory (see ``_mapped`` for what a later change
+    to the file does). Headers are checked and ``verify_hash`` hashes the mapped bytes.
+
     ``device="cuda"`` (``"cuda:N"``, a ``torch.device``) loads straight to the GPU through a
     ring of pinned host memory (``TENSORSTREAM_RING_MB``, default 256 MiB): host memory stays
     at the ring's size whatever the model's size. ``dtype`` casts run on the GPU.
@@ -295,9 +300,12 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         num_readers: int | None = None,
         verify_hash: bool = False,
         encryption: Any = None,
+        zero_copy: bool = False,
     ) -> None:
         encryption = _encryption.reading_params(encryption)
         self._device = _device.resolve(device)
+        if zero_copy and (self._device.type != "cpu" or _ring.wanted(self._device)):
+            raise ValueError(f"zero_copy=True maps the file into CPU memory; it cannot load to {self._device}")
         if num_readers is not None and (not isinstance(num_readers, int) or num_readers < 1):
             raise ValueError(f"num_readers must be a positive int or None, not {num_readers!r}")
         self._dtype = dtype
@@ -310,17 +318,27 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self._loader: Any = None
         self._cache: dict[_names.Path, torch.Tensor] = {}
         self._module_idx: dict[int, int] = {}  # index position -> module_idx, known once loaded
+        self._digests: dict[int, Any] = {}  # index position -> _core.HeaderDigest, for verify_module
         self._last_read = -1  # position in self._records of the last tensor read_tensors yielded
         self.total_bytes_read = 0
-        self._source: Any = _sources.open_source(path_or_file)
+        region = None
+        if zero_copy:
+            self._source, region = _mapped.open_local(path_or_file)
+        else:
+            self._source = _sources.open_source(path_or_file)
         try:
             self._index = _native.read_index(self._source)
             _encryption.check_file(self._index.encrypted, encryption, self._source.name)
+            if zero_copy and self._index.encrypted:
+                raise ValueError(f"{self._source.name} is encrypted: zero_copy=True needs an unencrypted file")
             self._records = _select(self._index, filter_func)
             self._by_path = {r.path: r for r in self._records}
             self._tree = _names.registry_of([r.path for r in self._records])
             self.total_tensor_bytes = sum(r.nbytes for r in self._records)
-            if _ring.wanted(self._device):
+            if zero_copy:
+                self._loader = _mapped.MappedLoader(self._source, region, threads=num_readers or 0)
+                self._load = _mapped.load
+            elif _ring.wanted(self._device):
                 self._loader = _ring.RingLoader(self._source, self._device, threads=num_readers or 0)
                 self._load = _ring.load
             else:
@@ -399,13 +417,15 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
 
         Like tensorizer, successive calls continue after the last tensor yielded.
         """
+        return self._yield_records(self._choose(filter_func, num_tensors), verify_hash)
+
+    def _choose(self, filter_func: FilterFunc | None, num_tensors: int) -> list[tuple[int, Any]]:
+        """``(position, record)`` after the last one yielded that ``filter_func`` keeps, at most ``num_tensors``."""
         if num_tensors < -1:
             raise ValueError("num_tensors must be -1 or non-negative")
         candidates = itertools.islice(enumerate(self._records), self._last_read + 1, None)
         chosen = [(i, r) for i, r in candidates if filter_func is None or filter_func(r.name)]
-        if num_tensors != -1:
-            chosen = chosen[:num_tensors]
-        return self._yield_records(chosen, verify_hash)
+        return chosen if num_tensors == -1 else chosen[:num_tensors]
 
     def _yield_records(self, chosen: list[tuple[int, Any]], verify_hash: bool | None) -> Iterator[tuple]:
         tensors = self._tensors([r.path for _, r in chosen], verify_hash)
@@ -440,6 +460,63 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         tensors = self._tensors([s.record.path for s in slots], verify_hash)
         _assign.apply(m, slots, tensors)
         return len(slots)
+
+    def read_numpy_arrays(
+        self,
+        filter_func: FilterFunc | None = None,
+        num_tensors: int = -1,
+        allow_raw_data: bool = False,
+        verify_hash: bool | None = None,
+    ) -> Iterator[tuple[int, int, Any, numpy.ndarray, bool, str | None]]:
+        """Yield ``(module_idx, tensor_type, name, array, is_opaque, torch_dtype)`` in file order.
+
+        As tensorizer's: the arrays share memory with the loaded tensors; a dtype numpy lacks
+        (bfloat16, float8, complex32...) is *opaque*: with ``allow_raw_data=True`` its bytes come
+        as a same-width signed int array, ``is_opaque`` is True and ``torch_dtype`` names the real
+        type (``"torch.bfloat16"``); without it, ValueError. Continues after the last tensor
+        :meth:`read_tensors` or this method yielded. RuntimeError unless loading to the CPU.
+        """
+        if self._device.type != "cpu":
+            raise RuntimeError("read_numpy_arrays is only valid when deserializing to the CPU")
+        chosen = self._choose(filter_func, num_tensors)
+        for module_idx, tensor_type, name, tensor in self._yield_records(chosen, verify_hash):
+            arr, torch_dtype = _as_numpy(tensor)
+            if torch_dtype is not None and not allow_raw_data:
+                raise ValueError(
+                    f"{name} has an opaque datatype: (Torch: {torch_dtype}, Numpy: {arr.dtype.str}). "
+                    f"Set `allow_raw_data=True` to return as a numpy array with a datatype of {arr.dtype.str}"
+                )
+            yield module_idx, tensor_type, name, arr, torch_dtype is not None, torch_dtype
+
+    def verify_module(self, m: torch.nn.Module) -> tuple[bool, list[tuple[Any, bool]]]:
+        """Check ``m``'s tensors against the hashes stored in the file: ``(all_ok, [(name, ok)])``.
+
+        As tensorizer's: a name of the file that ``m`` (its ``state_dict()`` and buffers) lacks is
+        reported failed, twice, as tensorizer reports it. A tensor whose dtype or shape differs
+        fails; a file tensor with no stored hash passes. Unlike tensorizer, a lazy deserializer
+        need not have loaded the tensors first: the hashes of those not yet loaded are read from
+        their headers (a small read each). RuntimeError if they are needed after :meth:`close`.
+        """
+        tensors: dict[str, torch.Tensor] = dict(m.state_dict())
+        tensors.update(m.named_buffers())  # non-persistent buffers are in the file too
+        checked = [r for r in self._records if r.name in tensors]
+        digests = self._digests_of(checked)
+        results = [(r.name, r.name in tensors and _matches(digests[r.pos], r, tensors[r.name])) for r in self._records]
+        results += [(name, False) for name in self.keys() if name not in tensors]
+        return all(ok for _, ok in results), results
+
+    def _digests_of(self, records: Sequence[_loading.Record]) -> dict[int, Any]:
+        """The hash digests of ``records`` by index position: kept from loads, else read now."""
+        with self._lock:
+            missing = [r.pos for r in records if r.pos not in self._digests]
+            if missing:
+                if self._source is None:
+                    raise RuntimeError(
+                        "the hashes of tensors not loaded before the deserializer was closed are not known; "
+                        "call verify_module before close(), or load the tensors first"
+                    )
+                self._digests.update((d.entry, d) for d in _native.read_digests(self._source, self._index, missing))
+            return {r.pos: self._digests[r.pos] for r in records}
 
     def close(self) -> None:
         """Release the file. Tensors already loaded stay valid.
@@ -492,11 +569,13 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         try:
             loaded, module_idx = self._load(self._loader, self._index, records, verify_hash, pooled=pooled)
             stats = self._loader.stats()
+            digests = self._loader.digests()
         finally:
             self._loading_thread = None
             if self._closed:  # close() came while loading (a LoadCancelled, unless too late)
                 self._release()
         self._module_idx.update(module_idx)
+        self._digests.update((d.entry, d) for d in digests)
         nbytes = int(stats.get("bytes", sum(r.nbytes for r in records)))
         self.total_bytes_read += nbytes
         seconds = time.perf_counter() - start
@@ -527,3 +606,22 @@ def _leaves(node: dict) -> Iterator[_names.Path]:
             yield from _leaves(value)
         else:
             yield value
+
+
+def _as_numpy(tensor: torch.Tensor) -> tuple[numpy.ndarray, str | None]:
+    """The array of a CPU tensor, and for a dtype numpy lacks, its torch name (the array then
+    holds the raw bytes as a same-width signed int, as tensorizer gives them)."""
+    if "\x00" not in _dtypes.encode(tensor.dtype):
+        return tensor.numpy(), None
+    raw = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()]
+    return tensor.view(raw).numpy(), str(tensor.dtype)
+
+
+def _matches(digest: Any, rec: _loading.Record, tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` holds the bytes whose hashes ``digest`` stores for ``rec``."""
+    if rec.nbytes == 0:  # meta or empty in the file: the hashes cover no data
+        return digest.matches(0, 0)
+    if tensor.is_meta or tensor.dtype != rec.dtype or tuple(tensor.shape) != rec.shape:
+        return False
+    host = tensor.detach().resolve_conj().resolve_neg().cpu().contiguous()
+    return digest.matches(host.data_ptr(), rec.nbytes)

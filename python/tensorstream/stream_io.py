@@ -252,14 +252,16 @@ def open_stream(
     s3_region_name: str | None = None,
     s3_signature_version: str | None = None,
     certificate_handling: CAInfo | None = None,
+    s3_session_token: str | None = None,
 ) -> Any:
     """Open a local path (``open(path, mode)``), an ``http(s)://`` URL (read-only) or an
     ``s3://bucket/key`` URI (``"rb"`` to read, ``"wb"`` / ``"wb+"`` to write).
 
     S3 credentials, endpoint and region are found as described in :mod:`tensorstream._s3`
     (arguments, ``~/.s3cfg``, then the AWS variables and profile files); ``""`` for both keys sends
-    unsigned requests (public buckets). ``force_http=True`` uses ``http://`` for an endpoint given
-    without a scheme. ``buffer_size`` is accepted and ignored; only SigV4 signing is available
+    unsigned requests (public buckets); ``s3_session_token`` goes with explicit temporary
+    credentials (sent and signed as ``x-amz-security-token``). ``force_http=True`` uses
+    ``http://`` for an endpoint given without a scheme. ``buffer_size`` is accepted and ignored; only SigV4 signing is available
     (``s3_signature_version`` must be None or ``"s3v4"``/``"v4"``).
     """
     uri = os.fspath(path_uri)
@@ -281,6 +283,7 @@ def open_stream(
             s3_endpoint=endpoint,
             s3_config_path=s3_config_path,
             s3_region_name=s3_region_name,
+            s3_session_token=s3_session_token,
             tls=tls,
         )
         if mode in ("wb", "wb+", "w+b"):

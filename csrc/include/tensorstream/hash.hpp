@@ -4,6 +4,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <vector>
 
 namespace ts {
 
@@ -26,6 +28,18 @@ class TensorHasher {
   uint32_t crc_;
   struct Sha;
   std::unique_ptr<Sha> sha_;
+};
+
+// What a tensor's stored hashes cover besides its data: its per-tensor header with the hash values
+// zeroed and the crypt-info block left out; with the stored values, enough to check any copy of
+// the tensor's bytes later (verify_module), with no access to the file.
+struct HeaderDigest {
+  size_t entry = 0;  // position in the index
+  std::optional<uint32_t> crc32;
+  std::optional<std::array<uint8_t, 32>> sha256;
+  std::vector<uint8_t> hashed_header;
+  // Whether header + `n` bytes at `data` give the stored hashes (true when none are stored).
+  bool matches(const void* data, size_t n) const;
 };
 
 }  // namespace ts

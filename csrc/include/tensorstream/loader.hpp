@@ -9,6 +9,7 @@
 #include "tensorstream/cancel.hpp"
 #include "tensorstream/crypto.hpp"
 #include "tensorstream/format/tensorizer.hpp"
+#include "tensorstream/hash.hpp"
 #include "tensorstream/io/engine.hpp"
 #include "tensorstream/io/source.hpp"
 
@@ -35,6 +36,12 @@ class Loader {
   // Returns each request's module_idx (from its per-tensor header), in request order. Throws
   // Cancelled when stopped by cancel() or interrupt(), once nothing writes to the destinations.
   std::vector<uint16_t> load(const tz::Index& index, const std::vector<LoadRequest>& requests, bool verify_hash);
+  // For data the caller already has in memory at each request's `dst` (a mapping of the file):
+  // reads and checks the per-tensor headers and, with `verify_hash`, hashes the data where it
+  // lies; nothing is copied. Unencrypted files only (std::invalid_argument otherwise). Returns
+  // module_idx as load() does.
+  std::vector<uint16_t> check_in_place(const tz::Index& index, const std::vector<LoadRequest>& requests,
+                                       bool verify_hash);
   // From any thread: stops the running load and every later one (closing the loader).
   void cancel() { cancel_.cancel(); }
   bool cancelled() const { return cancel_.cancelled(); }
@@ -44,15 +51,21 @@ class Loader {
   const LoadStats& stats() const { return stats_; }
   // The key (or passphrase) for encrypted files; decryption runs in the read workers.
   crypto::KeySource& keys() { return keys_; }
+  // The digests of the tensors of the last load that succeeded, in request order.
+  const std::vector<HeaderDigest>& digests() const { return digests_; }
 
  private:
   std::vector<uint16_t> load_checked(const tz::Index& index, const std::vector<LoadRequest>& requests, bool verify);
+  std::vector<uint16_t> check_checked(const tz::Index& index, const std::vector<LoadRequest>& requests, bool verify);
+  template <class F>
+  std::vector<uint16_t> naming_cancel(F&& body);
 
   std::shared_ptr<Source> src_;
   EngineOptions opts_;
   std::unique_ptr<ReadEngine> engine_;
   LoadStats stats_;
   crypto::KeySource keys_;
+  std::vector<HeaderDigest> digests_;
   CancelToken cancel_;
 };
 

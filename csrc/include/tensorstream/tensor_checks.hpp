@@ -16,10 +16,11 @@
 
 namespace ts {
 
-// One tensor's parsed header, a hasher already fed with the header (with verify_hash), and the
-// key of an encrypted tensor with data.
+// One tensor's parsed header, its digest, a hasher already fed with the header (with
+// verify_hash), and the key of an encrypted tensor with data.
 struct TensorCheck {
   tz::TensorHeader header;
+  HeaderDigest digest;
   std::unique_ptr<TensorHasher> hasher;
   const crypto::SecretKey* key = nullptr;
 };
@@ -37,8 +38,14 @@ std::vector<TensorCheck> read_headers(ReadEngine& engine, const Source& src, con
                                       const std::vector<LoadRequest>& reqs, bool verify, crypto::KeySource& keys,
                                       uint64_t& reads, const CancelToken* cancel = nullptr);
 
-// Throws HashMismatchError naming `name` if the hasher disagrees with the stored hashes.
-void finish_check(TensorCheck& c, const std::string& name);
+// The digests of the tensors at index positions `entries`, one small read per header from `src`.
+std::vector<HeaderDigest> read_digests(const Source& src, const tz::Index& index, const std::vector<size_t>& entries);
+// The digests of a load's checks, in request order.
+std::vector<HeaderDigest> digests_of(const std::vector<TensorCheck>& checks);
+
+// Throws HashMismatchError naming `name` and the `file` (or URL) if the hasher disagrees with
+// the stored hashes.
+void finish_check(TensorCheck& c, const std::string& name, const std::string& file);
 
 // A failed read as the error a user sees: FormatError if the source ended early, else IoError.
 [[noreturn]] void rethrow_read(const ReadFailure& f, const std::string& tensor, const Source& src,

@@ -50,7 +50,9 @@ class Writer {
 
  private:
   void pwrite_all(const void* data, size_t n, uint64_t offset) const;
-  void commit_prologue();
+  // Makes the file valid after a write: the file header, and the index entries from `first` on
+  // (all of them when the entries' encoding changed).
+  void commit_prologue(size_t first, bool whole);
   std::vector<uint8_t> prologue();
   // `crypts`: each record's crypt-info block when encrypting (MACs filled in here), else empty.
   void hash_and_write(const std::vector<WriteRecord>& records, const std::vector<tz::IndexEntry>& added,
@@ -63,6 +65,7 @@ class Writer {
   unsigned threads_;
   tz::FileHeader header_;
   std::vector<tz::IndexEntry> entries_;
+  uint64_t index_bytes_ = 0;  // encoded size of entries_ (as versioned_ says)
   uint64_t next_;
   bool versioned_ = false;
   bool aborted_ = false;

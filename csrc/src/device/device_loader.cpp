@@ -10,6 +10,7 @@
 #include "tensorstream/device/segment_streams.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/tensor_checks.hpp"
+#include "tensorstream/thread_group.hpp"
 
 namespace ts {
 
@@ -86,17 +87,16 @@ class DeviceLoader::Run {
 
   void execute() {
     const unsigned lanes = std::min<unsigned>(L_.ring_.lanes, std::max<size_t>(turns_.size(), 1));
-    std::vector<std::thread> pool;
-    for (unsigned l = 1; l < lanes; ++l) {
-      try {
-        pool.emplace_back([this, l, lanes] { lane(l, lanes); });
-      } catch (...) {
-        fail(std::current_exception());
-        break;
+    {
+      ThreadGroup pool;  // a lane the system refuses a thread for is an error (lanes own turns)
+      for (unsigned l = 1; l < lanes; ++l) {
+        if (!pool.spawn([this, l, lanes] { lane(l, lanes); })) {
+          fail(std::make_exception_ptr(IoError(EAGAIN, "cannot start a ring lane thread", "")));
+          break;
+        }
       }
+      lane(0, lanes);
     }
-    lane(0, lanes);
-    for (auto& t : pool) t.join();
     if (!error_) finish_copies();
     if (error_) {
       L_.copier_->drain();  // nothing may still write to the destinations or read the slots
@@ -213,7 +213,7 @@ class DeviceLoader::Run {
     }
     cv_.notify_all();
     const size_t r = req_of(seg.tensor);
-    if (seg.at + seg.length == reqs_[r].nbytes) finish_check(checks_[r], entry(r).name);
+    if (seg.at + seg.length == reqs_[r].nbytes) finish_check(checks_[r], entry(r).name, L_.src_->name());
   }
 
   void enqueue(size_t t, unsigned s, uint8_t* base) {
@@ -309,6 +309,7 @@ std::vector<uint16_t> DeviceLoader::load_checked(const tz::Index& index, const s
   stats_ = DeviceLoadStats{};
   stats_.ring_bytes = held;
   stats_.slot_turns.assign(ring_.slots, 0);
+  digests_.clear();
   check_requests(index, reqs);
   cancel_.check();
   if (reqs.empty()) return {};
@@ -339,6 +340,7 @@ std::vector<uint16_t> DeviceLoader::load_checked(const tz::Index& index, const s
   stats_.slot_wait_seconds = run.wait_seconds();
   for (const auto& r : reqs) stats_.bytes += r.nbytes;
   for (uint64_t n : stats_.slot_turns) stats_.turns += n;
+  digests_ = digests_of(checks);
   std::vector<uint16_t> modules;
   modules.reserve(checks.size());
   for (const auto& c : checks) modules.push_back(c.header.module_idx);

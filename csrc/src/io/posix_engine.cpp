@@ -7,6 +7,7 @@
 
 #include "tensorstream/errors.hpp"
 #include "tensorstream/io/engine.hpp"
+#include "tensorstream/thread_group.hpp"
 
 namespace ts {
 
@@ -23,7 +24,7 @@ class PosixEngine final : public ReadEngine {
     std::atomic<bool> failed{false};
     std::exception_ptr error;
     std::mutex error_mu;
-    auto worker = [&] {
+    auto worker = [&](size_t) {
       for (;;) {
         size_t i = next.fetch_add(1);
         if (i >= pieces.size() || failed.load(std::memory_order_relaxed)) return;
@@ -39,10 +40,7 @@ class PosixEngine final : public ReadEngine {
       }
     };
     size_t n = pieces.size() < threads_ ? pieces.size() : threads_;
-    std::vector<std::thread> pool;
-    for (size_t t = 1; t < n; ++t) pool.emplace_back(worker);
-    worker();
-    for (auto& t : pool) t.join();
+    run_workers(n, worker);
     if (error) std::rethrow_exception(error);
   }
 

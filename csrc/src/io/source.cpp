@@ -2,10 +2,12 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <stdexcept>
 
 #include "tensorstream/errors.hpp"
 
@@ -28,6 +30,23 @@ size_t pread_full(int fd, void* dst, size_t n, uint64_t offset, const std::strin
   return done;
 }
 
+namespace {
+constexpr long kProcMagic = 0x9fa0, kSysfsMagic = 0x62656572;
+}  // namespace
+
+// What a file is when it is not a regular one (whose size fstat gives), or null.
+const char* FileSource::not_regular(int fd, const struct stat& st) {
+  if (S_ISFIFO(st.st_mode)) return "a FIFO or pipe";
+  if (S_ISCHR(st.st_mode)) return "a character device";
+  if (S_ISBLK(st.st_mode)) return "a block device";
+  if (S_ISSOCK(st.st_mode)) return "a socket";
+  if (!S_ISREG(st.st_mode)) return "not a file";
+  struct statfs fs;
+  if (::fstatfs(fd, &fs) == 0 && (fs.f_type == kProcMagic || fs.f_type == kSysfsMagic))
+    return "a /proc or /sys file";
+  return nullptr;
+}
+
 FileSource::FileSource(int fd, std::string name) : fd_(fd), name_(std::move(name)) {
   struct stat st;
   if (::fstat(fd_, &st) != 0) {
@@ -39,13 +58,21 @@ FileSource::FileSource(int fd, std::string name) : fd_(fd), name_(std::move(name
     ::close(fd_);
     throw IoError(EISDIR, "cannot read", name_);
   }
+  if (const char* what = not_regular(fd_, st)) {
+    ::close(fd_);
+    throw IoError(EINVAL, std::string("not a regular file (") + what + ")", name_);
+  }
   size_ = static_cast<uint64_t>(st.st_size);
 }
 
 namespace {
+// Non-blocking, so that a FIFO without a writer is refused instead of waited on.
 int open_or_throw(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (path.find('\0') != std::string::npos) throw std::invalid_argument("embedded null byte in a path");
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw IoError(errno, "cannot open", path);
+  int flags = ::fcntl(fd, F_GETFL);
+  if (flags >= 0) ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
   return fd;
 }
 }  // namespace

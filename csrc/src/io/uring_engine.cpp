@@ -10,6 +10,7 @@
 #include <liburing.h>
 #include <sys/uio.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
@@ -20,10 +21,13 @@
 
 #include "tensorstream/errors.hpp"
 #include "tensorstream/io/engine.hpp"
+#include "tensorstream/thread_group.hpp"
 
 namespace ts {
 
 namespace {
+
+constexpr uint64_t kMaxSqeBytes = uint64_t{1} << 30;
 
 class Ring {
  public:
@@ -132,7 +136,10 @@ class Worker {
       sqe = io_uring_get_sqe(ring_.get());
     }
     const Piece& p = left_[slot];
-    io_uring_prep_read(sqe, fd_, p.dst, static_cast<unsigned>(p.length), p.offset);
+    // One SQE reads at most 1 GiB (its length is 32 bits): a longer piece completes short and
+    // is queued again for the rest, as any short read is.
+    const auto len = static_cast<unsigned>(std::min<uint64_t>(p.length, kMaxSqeBytes));
+    io_uring_prep_read(sqe, fd_, p.dst, len, p.offset);
     if (async_) sqe->flags |= IOSQE_ASYNC;
     io_uring_sqe_set_data64(sqe, slot);
     ++in_flight_;
@@ -201,7 +208,7 @@ class UringEngine final : public ReadEngine {
   void run(const std::vector<ReadOp>& ops, const ChunkDone& done) override {
     const std::vector<Piece> pieces = cut_pieces(ops, chunk_);
     Shared shared{pieces, done, *this, {}, {}, {}, {}, {}};
-    auto work = [&] {
+    auto work = [&](size_t) {
       try {
         Worker(shared, src_.fd(), depth_, async_).run();
       } catch (...) {
@@ -209,10 +216,7 @@ class UringEngine final : public ReadEngine {
       }
     };
     size_t n = std::min<size_t>(threads_, pieces.size());
-    std::vector<std::thread> pool;
-    for (size_t t = 1; t < n; ++t) pool.emplace_back(work);
-    if (n > 0) work();
-    for (auto& t : pool) t.join();
+    run_workers(n, work);
     queued_ = shared.queued;
     if (shared.error) std::rethrow_exception(shared.error);
   }

@@ -14,18 +14,15 @@
 #include <thread>
 #include <vector>
 
+#include "curl_setup.hpp"
 #include "tensorstream/errors.hpp"
+#include "tensorstream/thread_group.hpp"
 
 namespace ts {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-void global_init() {
-  static std::once_flag once;
-  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
-}
+using net::Clock;
 
 double env_number(const char* name, double fallback) {
   const char* v = std::getenv(name);
@@ -34,24 +31,6 @@ double env_number(const char* name, double fallback) {
   double d = std::strtod(v, &end);
   if (end == v || *end || d < 0) throw std::invalid_argument(std::string(name) + " must be a non-negative number");
   return d;
-}
-
-// What every request of a source sets: redirects, keep-alive, timeouts and TLS settings.
-void set_common_options(CURL* e, const HttpOptions& o) {
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
-  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-  curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, nullptr);  // bytes as stored, never re-encoded
-  long timeout = std::max(1L, static_cast<long>(o.timeout_s));
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, timeout);
-  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);  // less than a byte a second for `timeout`: retry
-  curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, timeout);
-  if (!o.ca_bundle.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, o.ca_bundle.c_str());
-  if (!o.ca_path.empty()) curl_easy_setopt(e, CURLOPT_CAPATH, o.ca_path.c_str());
-  if (o.insecure) {
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
-  }
 }
 
 }  // namespace
@@ -72,19 +51,7 @@ curl_slist* signed_headers(const HttpOptions& o, const char* method, const std::
 }
 
 std::string describe_error_body(const std::string& body) {
-  auto element = [&](const char* tag) -> std::string {
-    const std::string open = std::string("<") + tag + ">", close = std::string("</") + tag + ">";
-    size_t a = body.find(open);
-    if (a == std::string::npos) return {};
-    a += open.size();
-    size_t b = body.find(close, a);
-    if (b == std::string::npos) return {};
-    std::string v = body.substr(a, std::min<size_t>(b - a, 300));
-    for (char& c : v)
-      if (static_cast<unsigned char>(c) < 0x20) c = ' ';
-    return v;
-  };
-  std::string code = element("Code"), message = element("Message");
+  std::string code = net::xml_text(body, "Code", 300), message = net::xml_text(body, "Message", 300);
   if (code.empty()) return {};
   return message.empty() ? code : code + ": " + message;
 }
@@ -96,12 +63,14 @@ struct Transfer {
   CURL* easy = nullptr;
   curl_slist* headers = nullptr;  // belongs to the slot, like `easy`
   std::string error_body;         // the start of an error reply (S3 puts its error code there)
+  net::ReplyHeaders reply;
+  uint64_t total = 0;             // the resource's size as the first reply gave it
   size_t piece = 0;
   uint64_t offset = 0, length = 0;  // the whole piece
   uint8_t* dst = nullptr;
   uint64_t got = 0;  // bytes of the piece received so far, over all attempts
   uint64_t want_from = 0;  // the offset this attempt asked for
-  bool bad_range = false, overflow = false;
+  bool bad_range = false, overflow = false, resized = false;
   unsigned attempts = 0;
   char range[64];
 };
@@ -109,14 +78,14 @@ struct Transfer {
 size_t on_header(char* data, size_t size, size_t n, void* user) {
   auto* t = static_cast<Transfer*>(user);
   size_t len = size * n;
-  static const char kName[] = "content-range:";
-  if (len > sizeof kName && strncasecmp(data, kName, sizeof kName - 1) == 0) {
-    std::string v(data + sizeof kName - 1, len - (sizeof kName - 1));
-    unsigned long long start = 0;
-    size_t pos = v.find("bytes");
-    if (pos == std::string::npos || std::sscanf(v.c_str() + pos + 5, " %llu-", &start) != 1 ||
-        start != t->want_from)
+  const std::string before = t->reply.content_range;
+  t->reply.note(data, len);
+  if (t->reply.content_range != before && !t->reply.content_range.empty()) {
+    uint64_t total = 0, start = 0;
+    if (!net::parse_content_range(t->reply.content_range, &total, &start) || start != t->want_from)
       t->bad_range = true;  // a 206 for some other range: never write it
+    else if (total != t->total)
+      t->resized = true;  // another object now: nothing of it may mix with what was read
   }
   return len;
 }
@@ -126,10 +95,9 @@ size_t on_body(char* data, size_t size, size_t n, void* user) {
   size_t len = size * n;
   long status = 0;
   curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
-  if (status >= 400) {  // keep the start of an error body for the message
-    t->error_body.append(data, std::min(len, 4096 - std::min<size_t>(4096, t->error_body.size())));
-    return len;
-  }
+  if (status >= 300)  // keep the start of an error body for the message, then stop reading
+    return net::keep_error_body(t->error_body, data, len) ? len : 0;
+  if (t->resized) return 0;
   if (status != 206 || t->bad_range) return status == 200 ? 0 : len;  // other bodies are dropped
   uint64_t room = t->length - t->got;
   if (len > room) {
@@ -169,10 +137,7 @@ class HttpEngine final : public ReadEngine {
         shared.failed = true;
       }
     };
-    std::vector<std::thread> pool;
-    for (size_t t = 1; t < threads; ++t) pool.emplace_back(work, t);
-    work(0);
-    for (auto& t : pool) t.join();
+    run_workers(threads, work);
     if (shared.error) std::rethrow_exception(shared.error);
   }
 
@@ -229,9 +194,7 @@ class HttpEngine final : public ReadEngine {
     };
     std::deque<Retry> retries;
     size_t active = 0;
-    const auto deadline = o.deadline_s > 0 ? Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                                                 std::chrono::duration<double>(o.deadline_s))
-                                           : Clock::time_point::max();
+    const auto deadline = net::deadline_after(o.deadline_s);
     std::mt19937 rng(std::random_device{}());
     auto cleanup = [&] {  // removing a handle that is not in the multi is a harmless no-op
       for (auto& t : slots) curl_multi_remove_handle(multi.get(), t.easy);
@@ -310,8 +273,10 @@ class HttpEngine final : public ReadEngine {
     CURL* e = t.easy;
     curl_easy_reset(e);
     t.want_from = t.offset + t.got;
-    t.bad_range = t.overflow = false;
+    t.bad_range = t.overflow = t.resized = false;
     t.error_body.clear();
+    t.reply = {};
+    t.total = src_.size();
     curl_slist_free_all(t.headers);
     t.headers = signed_headers(o, "GET", src_.url(), SigV4Signer::kUnsignedPayload, nullptr);
     if (t.headers) curl_easy_setopt(e, CURLOPT_HTTPHEADER, t.headers);
@@ -328,7 +293,7 @@ class HttpEngine final : public ReadEngine {
     // Large receive buffers: fewer, larger reads and copies (measured ~1.8x over curl's 16 KiB on
     // loopback; 2 MiB was no better than 512 KiB).
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 512L << 10);
-    set_common_options(e, o);
+    net::set_common_options(e, o, src_.url());
     curl_multi_add_handle(multi, e);
   }
 
@@ -338,28 +303,32 @@ class HttpEngine final : public ReadEngine {
     long status = 0;
     curl_easy_getinfo(t.easy, CURLINFO_RESPONSE_CODE, &status);
     const std::string where = "GET " + src_.name() + " bytes " + t.range;
-    if (rc == CURLE_OK && status == 206 && !t.bad_range && t.got == t.length) {
+    if (rc == CURLE_OK && status == 206 && !t.bad_range && !t.resized && t.got == t.length) {
       done(pieces[t.piece]);
       return;
     }
     if (status == 200)
       throw NetworkError(where + ": the server ignores Range requests (answered 200 with the whole file)",
                          src_.name(), status, t.attempts);
-    std::string why;
-    bool retryable = true;
-    if (t.bad_range) {
+    // A move (never followed when signed) and a resource that changed size are final.
+    std::string why = net::describe_move(status, rc, t.reply, t.error_body, src_.options().signer != nullptr);
+    if (why.empty() && t.resized)
+      why = "the resource changed size (" + net::printable(t.reply.content_range) + "; it had " +
+            std::to_string(t.total) + " bytes when opened)";
+    bool retryable = why.empty();
+    if (!why.empty()) {
+      // named above
+    } else if (t.bad_range) {
       why = "answered 206 for a different range";
     } else if (t.overflow) {
       why = "sent more bytes than the range holds";
-    } else if (rc != CURLE_OK && status != 206) {
-      why = std::string(curl_easy_strerror(rc)) + (status ? " (HTTP " + std::to_string(status) + ")" : "");
     } else if (status >= 400) {
       const std::string detail = describe_error_body(t.error_body);
       why = "HTTP " + std::to_string(status) + (detail.empty() ? "" : " (" + detail + ")");
       retryable = status == 408 || status == 429 || status >= 500 ||
                   detail.rfind("RequestTimeout", 0) == 0;  // S3's "reset, try again"
     } else if (rc != CURLE_OK) {
-      why = curl_easy_strerror(rc);
+      why = std::string(curl_easy_strerror(rc)) + (status && status != 206 ? " (HTTP " + std::to_string(status) + ")" : "");
     } else {
       why = "body ended after " + std::to_string(t.got) + " of " + std::to_string(t.length) + " bytes";
     }
@@ -390,6 +359,7 @@ HttpOptions HttpOptions::from_env() {
   o.retries = static_cast<unsigned>(env_number("TENSORSTREAM_HTTP_RETRIES", o.retries));
   o.timeout_s = env_number("TENSORSTREAM_HTTP_TIMEOUT", o.timeout_s);
   o.deadline_s = env_number("TENSORSTREAM_HTTP_DEADLINE", o.deadline_s);
+  o.open_timeout_s = env_number("TENSORSTREAM_HTTP_OPEN_TIMEOUT", o.open_timeout_s);
   return o;
 }
 
@@ -401,85 +371,6 @@ std::string redact_url(const std::string& url) {
   size_t at = out.rfind('@', slash == std::string::npos ? out.size() : slash);
   if (at != std::string::npos && at >= host) out.erase(host, at + 1 - host);
   return out;
-}
-
-HttpSource::HttpSource(std::string url, HttpOptions opts)
-    : url_(std::move(url)), display_(opts.display.empty() ? redact_url(url_) : opts.display), opts_(std::move(opts)) {
-  global_init();
-  // Ask for the first byte: a 206 carries the total size in Content-Range.
-  CURL* e = curl_easy_init();
-  if (!e) throw std::runtime_error("curl_easy_init failed");
-  struct Probe {
-    CURL* easy;
-    std::string content_range, error_body;
-  } probe{e, {}, {}};
-  // Stops at the end of a 206's headers: the size is known and the body is not needed (a server
-  // that stalls after its headers then costs nothing here).
-  auto header = +[](char* data, size_t size, size_t n, void* user) -> size_t {
-    size_t len = size * n;
-    auto* p = static_cast<Probe*>(user);
-    static const char kName[] = "content-range:";
-    if (len > sizeof kName && strncasecmp(data, kName, sizeof kName - 1) == 0)
-      p->content_range.assign(data + sizeof kName - 1, len - (sizeof kName - 1));
-    bool end_of_headers = len <= 2 && (len == 0 || data[0] == '\r' || data[0] == '\n');
-    return end_of_headers && !p->content_range.empty() ? 0 : len;
-  };
-  auto body = +[](char* data, size_t size, size_t n, void* user) -> size_t {
-    size_t len = size * n;
-    auto* p = static_cast<Probe*>(user);
-    long code = 0;
-    curl_easy_getinfo(p->easy, CURLINFO_RESPONSE_CODE, &code);
-    if (code < 400) return len <= 1 ? len : 0;
-    p->error_body.append(data, std::min(len, 4096 - std::min<size_t>(4096, p->error_body.size())));
-    return len;
-  };
-  long status = 0;
-  CURLcode rc = CURLE_OK;
-  unsigned attempts = 0;
-  curl_slist* headers = nullptr;
-  for (; attempts <= opts_.retries; ++attempts) {
-    curl_easy_reset(e);
-    curl_easy_setopt(e, CURLOPT_URL, url_.c_str());
-    curl_easy_setopt(e, CURLOPT_RANGE, "0-0");
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, &probe);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, body);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, &probe);
-    curl_slist_free_all(headers);
-    headers = signed_headers(opts_, "GET", url_, SigV4Signer::kUnsignedPayload, nullptr);
-    if (headers) curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
-    set_common_options(e, opts_);
-    probe.content_range.clear();
-    probe.error_body.clear();
-    rc = curl_easy_perform(e);
-    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
-    if (rc == CURLE_WRITE_ERROR && status == 206 && !probe.content_range.empty()) rc = CURLE_OK;  // stopped on purpose
-    bool transient = (rc != CURLE_OK && status == 0) || status == 408 || status == 429 || status >= 500;
-    if (!transient) break;
-    double delay = 0.05 * static_cast<double>(1u << std::min(attempts, 7u));
-    std::this_thread::sleep_for(std::chrono::duration<double>(std::min(delay, 2.0)));
-  }
-  curl_easy_cleanup(e);
-  curl_slist_free_all(headers);
-  attempts = std::min(attempts + 1, opts_.retries + 1);
-  const std::string where = "GET " + display_;
-  if (status == 200)
-    throw NetworkError(where + ": the server ignores Range requests (answered 200 to a range request)",
-                       display_, status, attempts);
-  if (status != 206) {
-    const std::string detail = describe_error_body(probe.error_body);
-    std::string why = status ? "HTTP " + std::to_string(status) + (detail.empty() ? "" : " (" + detail + ")")
-                             : std::string(curl_easy_strerror(rc));
-    throw NetworkError(where + ": " + why + " after " + std::to_string(attempts) + " attempt" +
-                           (attempts == 1 ? "" : "s"),
-                       display_, status, attempts);
-  }
-  const std::string& content_range = probe.content_range;
-  size_t slash = content_range.find('/');
-  unsigned long long total = 0;
-  if (slash == std::string::npos || std::sscanf(content_range.c_str() + slash + 1, "%llu", &total) != 1)
-    throw NetworkError(where + ": no usable Content-Range in the reply", display_, status, attempts);
-  size_ = total;
 }
 
 void HttpSource::read_exact(uint64_t offset, void* dst, size_t n) const {

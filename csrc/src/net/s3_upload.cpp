@@ -6,6 +6,7 @@
 #include <random>
 #include <stdexcept>
 
+#include "curl_setup.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/net/s3.hpp"
 
@@ -22,6 +23,7 @@ struct Exchange {
   const uint8_t* body = nullptr;
   size_t body_bytes = 0, sent = 0;
   HttpReply reply;
+  net::ReplyHeaders headers;
 };
 
 size_t on_read(char* buf, size_t size, size_t n, void* user) {
@@ -36,12 +38,13 @@ size_t on_write(char* data, size_t size, size_t n, void* user) {
   auto* x = static_cast<Exchange*>(user);
   size_t len = size * n;
   x->reply.body.append(data, std::min(len, kReplyCap - std::min(kReplyCap, x->reply.body.size())));
-  return len;
+  return x->reply.body.size() < kReplyCap ? len : 0;  // never read an endless reply
 }
 
 size_t on_header(char* data, size_t size, size_t n, void* user) {
   auto* x = static_cast<Exchange*>(user);
   size_t len = size * n;
+  x->headers.note(data, len);
   static const char kName[] = "etag:";
   if (len > sizeof kName && strncasecmp(data, kName, sizeof kName - 1) == 0) {
     std::string v(data + sizeof kName - 1, len - (sizeof kName - 1));
@@ -81,6 +84,8 @@ HttpReply http_request(const HttpOptions& o, const std::string& method, const st
   const std::string name = o.display.empty() ? redact_url(url) : o.display;
   const std::string payload_hash = body_bytes <= (1u << 20) ? sha256_hex(body, body_bytes)
                                                             : std::string(SigV4Signer::kUnsignedPayload);
+  net::global_init();
+  const auto deadline = net::deadline_after(o.deadline_s);
   CURL* e = curl_easy_init();
   if (!e) throw std::runtime_error("curl_easy_init failed");
   std::unique_ptr<CURL, void (*)(CURL*)> easy(e, curl_easy_cleanup);
@@ -119,32 +124,25 @@ HttpReply http_request(const HttpOptions& o, const std::string& method, const st
     curl_easy_setopt(e, CURLOPT_WRITEDATA, &x);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, &x);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-    long timeout = std::max(1L, static_cast<long>(o.timeout_s));
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, timeout);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, timeout);
-    if (!o.ca_bundle.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, o.ca_bundle.c_str());
-    if (!o.ca_path.empty()) curl_easy_setopt(e, CURLOPT_CAPATH, o.ca_path.c_str());
-    if (o.insecure) {
-      curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
-      curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
-    }
-    CURLcode rc = curl_easy_perform(e);
+    net::set_common_options(e, o, url);
+    CURLcode rc = net::perform_bounded(e, deadline, nullptr);
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &x.reply.status);
     const long status = x.reply.status;
     // S3 may answer 200 and put an error in the body (CompleteMultipartUpload does).
     const bool error_in_body = status == 200 && x.reply.body.find("<Error>") != std::string::npos;
     if (rc == CURLE_OK && status >= 200 && status < 300 && !error_in_body) return std::move(x.reply);
     const std::string detail = describe_error_body(x.reply.body);
-    const bool transient = (rc != CURLE_OK && status == 0) || status == 408 || status == 429 || status >= 500 ||
-                           detail.rfind("RequestTimeout", 0) == 0 || detail.rfind("InternalError", 0) == 0 ||
-                           detail.rfind("SlowDown", 0) == 0;
+    const std::string moved = net::describe_move(status, rc, x.headers, x.reply.body, o.signer != nullptr);
+    const bool late = net::Clock::now() >= deadline;
+    const bool transient = moved.empty() && !late &&
+                           (net::transient(rc, status) || detail.rfind("RequestTimeout", 0) == 0 ||
+                            detail.rfind("InternalError", 0) == 0 || detail.rfind("SlowDown", 0) == 0);
     if (!transient || attempt > o.retries) {
-      std::string why = rc != CURLE_OK && status == 0 ? std::string(curl_easy_strerror(rc))
-                                                      : "HTTP " + std::to_string(status);
-      if (!detail.empty()) why += " (" + detail + ")";
+      std::string why = !moved.empty() ? moved
+                        : late         ? "the deadline of " + std::to_string(o.deadline_s) + " s ran out"
+                        : rc != CURLE_OK && status == 0 ? std::string(curl_easy_strerror(rc))
+                                                        : "HTTP " + std::to_string(status);
+      if (!detail.empty() && moved.empty()) why += " (" + detail + ")";
       throw NetworkError(method + " " + name + ": " + why + " after " + std::to_string(attempt) + " attempt" +
                              (attempt == 1 ? "" : "s"),
                          name, status, attempt);

@@ -5,7 +5,7 @@
 #include <openssl/sha.h>
 
 #include <algorithm>
-#include <cctype>
+#include <cstdio>
 #include <stdexcept>
 
 namespace ts {
@@ -31,9 +31,19 @@ std::string hmac(const std::string& key, const std::string& msg) {
   return std::string(reinterpret_cast<char*>(out), len);
 }
 
+// ASCII only, whatever the C locale says.
+char lower_ascii(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
+bool alnum_ascii(unsigned char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+
 std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (char& c : s) c = lower_ascii(c);
   return s;
+}
+
+bool has_control(const std::string& s) {
+  for (unsigned char c : s)
+    if (c < 0x20 || c == 0x7f) return true;
+  return false;
 }
 
 // Header values are signed trimmed, with inner runs of spaces folded to one.
@@ -115,7 +125,7 @@ std::string uri_encode(const std::string& raw, bool keep_slash) {
   std::string out;
   out.reserve(raw.size());
   for (unsigned char c : raw) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || (keep_slash && c == '/')) {
+    if (alnum_ascii(c) || c == '-' || c == '_' || c == '.' || c == '~' || (keep_slash && c == '/')) {
       out += static_cast<char>(c);
     } else {
       out += '%';
@@ -131,6 +141,14 @@ SigV4Signer::SigV4Signer(AwsCredentials creds, std::string region, std::string s
   if (creds_.access_key_id.empty() || creds_.secret_access_key.empty())
     throw std::invalid_argument("an access key id and a secret access key are both needed to sign requests");
   if (region_.empty()) throw std::invalid_argument("a region is needed to sign requests");
+  // A CR or LF would end the header it is sent in and start one of the sender's choosing.
+  const std::pair<const char*, const std::string*> fields[] = {{"the access key id", &creds_.access_key_id},
+                                                                {"the secret access key", &creds_.secret_access_key},
+                                                                {"the session token", &creds_.session_token},
+                                                                {"the region", &region_},
+                                                                {"the service", &service_}};
+  for (const auto& [what, value] : fields)
+    if (has_control(*value)) throw std::invalid_argument(std::string(what) + " holds a control character");
 }
 
 std::vector<Header> SigV4Signer::sign(const std::string& method, const std::string& url,
@@ -144,9 +162,10 @@ SigV4Signer::Trace SigV4Signer::sign_traced(const std::string& method, const std
                                             const std::string& payload_sha256_hex, std::time_t when) const {
   std::tm tm{};
   gmtime_r(&when, &tm);
-  char stamp[17], day[9];
-  std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
-  std::strftime(day, sizeof day, "%Y%m%d", &tm);
+  char stamp[40], day[9];
+  std::snprintf(stamp, sizeof stamp, "%04d%02d%02dT%02d%02d%02dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec);  // digits only: no locale can change them
+  std::snprintf(day, sizeof day, "%.8s", stamp);
   const UrlParts parts = split_url(url);
 
   Trace t;

@@ -15,6 +15,7 @@
 #include "tensorstream/crypto.hpp"
 #include "tensorstream/cuda/copier.hpp"
 #include "tensorstream/format/tensorizer.hpp"
+#include "tensorstream/hash.hpp"
 #include "tensorstream/io/engine.hpp"
 #include "tensorstream/io/source.hpp"
 #include "tensorstream/loader.hpp"
@@ -57,6 +58,8 @@ class DeviceLoader {
   const RingOptions& ring() const { return ring_; }
   const Source& source() const { return *src_; }
   crypto::KeySource& keys() { return keys_; }
+  // The digests of the tensors of the last load that succeeded, in request order.
+  const std::vector<HeaderDigest>& digests() const { return digests_; }
 
   // Each request's `dst` is a device address (for the host copier: host memory). Returns each
   // request's module_idx, in request order, once every copy has finished. On any failure the
@@ -84,6 +87,7 @@ class DeviceLoader {
   std::vector<uint8_t*> slots_;
   DeviceLoadStats stats_;
   crypto::KeySource keys_;
+  std::vector<HeaderDigest> digests_;
   CancelToken cancel_;  // also stops the engines' runs
   std::mutex active_mu_;
   Run* active_ = nullptr;  // the load in progress, for cancel()

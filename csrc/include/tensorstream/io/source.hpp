@@ -4,6 +4,8 @@
 #include <memory>
 #include <string>
 
+struct stat;
+
 namespace ts {
 
 class Source {
@@ -17,6 +19,7 @@ class Source {
   virtual void read_exact(uint64_t offset, void* dst, size_t n) const = 0;
 };
 
+// A regular file: FIFOs, devices, sockets and /proc or /sys files are refused (IoError).
 class FileSource final : public Source {
  public:
   explicit FileSource(const std::string& path);
@@ -31,6 +34,7 @@ class FileSource final : public Source {
 
  private:
   FileSource(int fd, std::string name);
+  static const char* not_regular(int fd, const struct stat& st);
   int fd_ = -1;
   uint64_t size_ = 0;
   std::string name_;

@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "tensorstream/cancel.hpp"
 #include "tensorstream/io/engine.hpp"
 #include "tensorstream/io/source.hpp"
 #include "tensorstream/net/sigv4.hpp"
@@ -16,8 +17,9 @@ namespace ts {
 struct HttpOptions {
   unsigned connections = 32;  // range requests in flight (object stores cap each stream)
   unsigned retries = 5;       // further attempts per range after the first
-  double timeout_s = 30;      // seconds without progress before a request is retried
-  double deadline_s = 0;      // overall seconds for one run; 0: none
+  double timeout_s = 30;      // seconds under 1 KiB/s (or without a connection) before a retry
+  double deadline_s = 0;      // overall seconds for one run or request; 0: none
+  double open_timeout_s = 60;  // overall seconds for opening a URL (the size probe, every attempt)
   std::string ca_bundle;      // PEM file of trusted CAs; empty: the system store
   std::string ca_path;        // directory of trusted CA certificates; empty: the system store
   bool insecure = false;      // skip certificate checks (testing only)
@@ -29,8 +31,9 @@ struct HttpOptions {
 
 class HttpSource final : public Source {
  public:
-  // Asks the server for the size with a one-byte range request; throws NetworkError.
-  HttpSource(std::string url, HttpOptions opts);
+  // Asks the server for the size with a one-byte range request, within opts.open_timeout_s (and
+  // opts.deadline_s); throws NetworkError, or Cancelled once `cancel` asks.
+  HttpSource(std::string url, HttpOptions opts, const CancelToken* cancel = nullptr);
   uint64_t size() const override { return size_; }
   const std::string& name() const override { return display_; }
   void read_exact(uint64_t offset, void* dst, size_t n) const override;

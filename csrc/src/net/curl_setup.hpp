@@ -1,0 +1,70 @@
+// What every libcurl request of the core shares: its options (timeouts, TLS, the redirect policy),
+// the reply headers it looks at, how a reply that moved is described, and a bounded, cancellable
+// perform. Private to csrc/src/net.
+#pragma once
+#include <curl/curl.h>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+#include "tensorstream/cancel.hpp"
+#include "tensorstream/net/http.hpp"
+
+namespace ts::net {
+
+using Clock = std::chrono::steady_clock;
+
+// Redirects followed by an unsigned request; signed requests follow none.
+constexpr long kMaxRedirects = 5;
+// The largest size a server may claim for a resource (256 TiB; S3 objects end at 5 TiB).
+constexpr uint64_t kMaxResourceBytes = uint64_t{1} << 48;
+// The slowest a transfer may be, averaged over HttpOptions::timeout_s, before it counts as stalled.
+constexpr long kMinBytesPerSecond = 1024;
+// How much of an error reply's body is kept (and read) for the message.
+constexpr size_t kErrorBodyBytes = 4096;
+
+void global_init();
+
+// Keep-alive, timeouts, TLS, dot segments sent as they are, http/https only; redirects followed
+// (at most kMaxRedirects, never from https to http) only when the request is unsigned.
+void set_common_options(CURL* e, const HttpOptions& o, const std::string& url);
+
+// The reply headers the core reads. note() takes one raw header line; a new status line (after
+// a redirect) clears what the previous reply said.
+struct ReplyHeaders {
+  std::string content_range, location, bucket_region;
+  void note(const char* data, size_t len);
+};
+
+// Appends the start of an error body, up to kErrorBodyBytes; false once that much is kept (the
+// write callback then stops the transfer instead of reading an endless body).
+bool keep_error_body(std::string& body, const char* data, size_t len);
+
+// Why a reply that moved (3xx), or a redirect libcurl refused, ends the request; empty when it
+// did not move. Names the target (without credentials) or, for S3, the region it asked for.
+std::string describe_move(long status, CURLcode rc, const ReplyHeaders& h, const std::string& body, bool is_signed);
+
+// The total of "bytes A-B/TOTAL"; false for anything else (a "*", a sign, a size past
+// kMaxResourceBytes). `start` receives A when given.
+bool parse_content_range(const std::string& value, uint64_t* total, uint64_t* start = nullptr);
+
+// Whether a failed attempt may be repeated: no reply, a transport failure mid-reply (a stall in
+// the headers included), 408, 429 or 5xx.
+bool transient(CURLcode rc, long status);
+
+// curl_easy_perform that stops at `deadline` (CURLE_OPERATION_TIMEDOUT) and, within 50 ms, when
+// `cancel` asks (throws Cancelled).
+CURLcode perform_bounded(CURL* e, Clock::time_point deadline, const CancelToken* cancel);
+
+// At most 200 characters of `s`, control characters replaced, for messages.
+std::string printable(std::string s);
+
+// The text of the first <tag>...</tag> in an XML error body (at most `max` characters, control
+// characters as spaces); empty when there is none.
+std::string xml_text(const std::string& body, const char* tag, size_t max = 200);
+
+// now + seconds; the far future for 0 (no limit).
+Clock::time_point deadline_after(double seconds);
+
+}  // namespace ts::net

@@ -1,0 +1,108 @@
+"""Zero-copy loads (``TensorDeserializer(..., zero_copy=True)``): CPU tensors of a local,
+unencrypted file used where they lie in the page cache.
+
+The file is mapped once, private and writable (copy-on-write): a tensor's pages are the page
+cache's own until the tensor is written to, when the written pages become private copies. No
+data is copied and no fresh memory is filled, and every process that maps the same file shares
+its pages. The core still reads and checks every per-tensor header against the index and, with
+``verify_hash``, hashes each tensor where it lies. Each tensor owns a storage of its own bytes
+(a slice of the mapping, see ``_arena``).
+
+What the file does afterwards shows through: bytes changed in place by another writer appear in
+tensors not yet written to, and a file truncated under the mapping makes touching the lost pages
+fail with SIGBUS. Replacing the file (a new file renamed over it) is safe: the mapping keeps the
+old one.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import stat
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from . import _arena, _loading, _native, _sources
+
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14: map page-cache pages
+
+
+def open_local(obj: Any) -> tuple[Any, mmap.mmap | None]:
+    """A core source and a private mapping of the same open file, for a local path or a file
+    object with a descriptor; ValueError for anything else (a URL, bytes, a stream)."""
+    if isinstance(obj, bytes) and not _sources._looks_like_path(obj):
+        raise ValueError("zero_copy=True needs a local file, not file contents in memory")
+    if isinstance(obj, (str, bytes, os.PathLike)):
+        path = os.fsdecode(obj)
+        if path.lower().startswith(("http://", "https://", "s3://")):
+            raise ValueError("zero_copy=True needs a local file; remote files are always copied")
+        if "\0" in path:
+            raise ValueError("embedded NUL byte in the path")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    else:
+        theirs = _sources._fileno(obj) if not isinstance(obj, int) else obj
+        if theirs is None or isinstance(obj, bool):
+            raise ValueError(f"zero_copy=True needs a local file, not a {type(obj).__name__}")
+        fd = os.dup(theirs)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (zero_copy=True maps the file)", getattr(obj, "name", obj))
+        source = _native.FileSource.from_fd(fd)
+        region = None
+        if info.st_size:
+            region = mmap.mmap(fd, info.st_size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        return source, region
+    finally:
+        os.close(fd)
+
+
+class MappedLoader(_native.CoreWrapper):
+    """The loader of a zero-copy deserializer: a core Loader for the headers and hashes, and the
+    mapping that tensors are sliced from."""
+
+    backend = "mmap"
+
+    def __init__(self, source: Any, region: mmap.mmap | None, *, threads: int = 0) -> None:
+        self.core = _native.Loader(source, threads=threads)
+        self.region = region
+
+    def set_decryption(self, **_: Any) -> None:
+        raise ValueError("zero_copy=True cannot decrypt: encrypted tensors are always copied")
+
+
+    def populate(self, spans: Sequence[tuple[int, int]]) -> None:
+        """Maps the page-cache pages holding ``spans`` in one call (no fault per page later);
+        pages not cached yet are read from the file. Best effort on older kernels."""
+        if self.region is None or not spans:
+            return
+        lo = min(off for off, _ in spans) // mmap.PAGESIZE * mmap.PAGESIZE
+        hi = max(off + n for off, n in spans)
+        try:
+            self.region.madvise(MADV_POPULATE_READ, lo, hi - lo)
+        except (OSError, ValueError):
+            pass  # pages are then mapped on first touch
+
+
+def load(
+    loader: MappedLoader, index: Any, records: Sequence[_loading.Record], verify_hash: bool, *, pooled: bool
+) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
+    """As :func:`_loading.load`, with each tensor a slice of the mapping instead of a copy.
+
+    ``pooled`` (an eager load) maps all the tensors' pages up front.
+    """
+    with_data = [r for r in records if r.nbytes]
+    spans = [(index.entries[r.pos].data_offset, r.nbytes) for r in with_data]
+    raws = _arena.slices_of(loader.region, 0, spans) if spans else []
+    if pooled:
+        loader.populate(spans)
+    requests = _loading.plan(records, with_data, raws)
+    try:
+        module_idx = loader.core.check_in_place(index, requests, verify_hash)
+    except BaseException:
+        raws = loader = None  # as in _loading.load: a kept traceback holds neither
+        raise
+    return _loading.results(records, with_data, raws, requests, module_idx)
