@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings.hpp"
+#include "interruptible.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/format/tensorizer.hpp"
 #include "tensorstream/io/source.hpp"
@@ -41,8 +42,13 @@ void register_format(py::module_& m) {
           [](const ts::Source& s, uint64_t offset, py::buffer b) {
             py::buffer_info info = b.request(true);
             size_t n = static_cast<size_t>(info.size * info.itemsize);
-            py::gil_scoped_release nogil;
-            s.read_exact(offset, info.ptr, n);
+            ts::CancelToken stop;  // Ctrl-C stops a remote read (HttpStreamFile.read)
+            call_interruptible(
+                [&] {
+                  s.read_exact(offset, info.ptr, n, &stop);
+                  return true;
+                },
+                [&] { stop.interrupt(); });
           },
           py::arg("offset"), py::arg("buffer"),
           "Fill a writable buffer with the bytes at offset; FormatError if the source ends first.")
@@ -88,8 +94,9 @@ void register_format(py::module_& m) {
   m.def(
       "read_index",
       [](const std::shared_ptr<ts::Source>& src) {
-        py::gil_scoped_release nogil;
-        return std::make_shared<ts::tz::Index>(ts::tz::read_index(*src));
+        ts::CancelToken stop;  // Ctrl-C stops reading the index as it stops a load
+        return call_interruptible([&] { return std::make_shared<ts::tz::Index>(ts::tz::read_index(*src, &stop)); },
+                                  [&] { stop.interrupt(); });
       },
       py::arg("source"));
 }

@@ -373,10 +373,13 @@ std::string redact_url(const std::string& url) {
   return out;
 }
 
-void HttpSource::read_exact(uint64_t offset, void* dst, size_t n) const {
+void HttpSource::read_exact(uint64_t offset, void* dst, size_t n) const { read_exact(offset, dst, n, nullptr); }
+
+void HttpSource::read_exact(uint64_t offset, void* dst, size_t n, const CancelToken* cancel) const {
   if (offset > size_ || n > size_ - offset)
     throw FormatError("file ends before byte " + std::to_string(offset + n), "", "file_size");
   HttpEngine engine(*this, 8u << 20);
+  engine.set_cancel(cancel);
   engine.run({ReadOp{offset, n, static_cast<uint8_t*>(dst)}}, [](const Piece&) {});
 }
 

@@ -119,8 +119,10 @@ void append_index_entry(std::vector<uint8_t>& out, const IndexEntry& e, bool tag
 
 namespace ts {
 class Source;
+class CancelToken;
 namespace tz {
 // Reads the file header and index (in one read for the usual 256 KiB index) and validates them.
-Index read_index(const Source& src);
+// `cancel` (may be null) stops a read that waits (Cancelled).
+Index read_index(const Source& src, const CancelToken* cancel = nullptr);
 }  // namespace tz
 }  // namespace ts
