@@ -4,6 +4,7 @@
 
 #include "bindings.hpp"
 #include "tensorstream/errors.hpp"
+#include "tensorstream/format/safetensors.hpp"
 #include "tensorstream/format/tensorizer.hpp"
 #include "tensorstream/io/source.hpp"
 
@@ -81,6 +82,16 @@ void register_format(py::module_& m) {
       .def_property_readonly("encrypted", [](const ts::tz::Index& i) { return i.header.encrypted(); })
       .def_property_readonly("versioned_headers",
                              [](const ts::tz::Index& i) { return i.header.versioned_headers(); })
+      .def_property_readonly("format",
+                             [](const ts::tz::Index& i) {
+                               return i.format == ts::tz::Format::kSafetensors ? "safetensors" : "tensorizer";
+                             })
+      .def_property_readonly("metadata",
+                             [](const ts::tz::Index& i) {
+                               py::dict d;
+                               for (const auto& [k, v] : i.metadata) d[lenient_str(k)] = lenient_str(v);
+                               return d;
+                             })
       .def_readonly("file_size", &ts::tz::Index::file_size)
       .def_readonly("entries", &ts::tz::Index::entries)
       .def("__len__", [](const ts::tz::Index& i) { return i.entries.size(); });
@@ -89,9 +100,9 @@ void register_format(py::module_& m) {
       "read_index",
       [](const std::shared_ptr<ts::Source>& src) {
         py::gil_scoped_release nogil;
-        return std::make_shared<ts::tz::Index>(ts::tz::read_index(*src));
+        return std::make_shared<ts::tz::Index>(ts::read_any_index(*src));
       },
-      py::arg("source"));
+      py::arg("source"), "The index of a tensorizer or safetensors source, the format picked by its first bytes.");
 }
 
 }  // namespace tsb
