@@ -50,11 +50,19 @@ def open_checkpoint(obj: Any, *, zero_copy: bool = False) -> Opened:
     if _is_prefix(path):
         return _open_prefix(path, zero_copy)
     try:
-        source, region = _open_file(path, zero_copy)
-    except FileNotFoundError:
+        return _open_named(path, zero_copy)
+    except FileNotFoundError as missing:
         if not path.lower().startswith(_REMOTE):
             raise
-        return _open_prefix(path + "/", zero_copy)  # a remote "folder" is no object of its own
+        try:
+            return _open_prefix(path + "/", zero_copy)  # a remote "folder" is no object of its own
+        except FileNotFoundError:
+            raise missing from None
+
+
+def _open_named(path: str, zero_copy: bool) -> Opened:
+    """A file that exists as named: a tensor file or an index.json."""
+    source, region = _open_file(path, zero_copy)
     if _starts_like_json(source):
         return _open_index_json(path, source, zero_copy)
     return _opened(path, [_shard(source, region)])
@@ -109,7 +117,7 @@ def _open_prefix(prefix: str, zero_copy: bool) -> Opened:
         return _open_local_folder(prefix, zero_copy)
     for name in _PREFIX_NAMES:
         try:
-            return open_checkpoint(_join(prefix, name), zero_copy=zero_copy)
+            return _open_named(_join(prefix, name), zero_copy)
         except FileNotFoundError:
             continue
     raise FileNotFoundError(f"{prefix} holds none of {', '.join(_PREFIX_NAMES)}")

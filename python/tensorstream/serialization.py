@@ -339,11 +339,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             self._by_path = {r.path: r for r in self._records}
             self._tree = _names.registry_of([r.path for r in self._records])
             self.total_tensor_bytes = sum(r.nbytes for r in self._records)
-            loaders = [self._loader_for(s, num_readers or 0, zero_copy) for s in opened.shards]
-            if len(loaders) == 1:
-                self._loader, self._load = loaders[0]
-            else:
-                self._loader, self._load = _shards.ShardedLoader([ld for ld, _ in loaders], loaders[0][1]), _shards.load
+            self._loader, self._load = self._make_loader(opened.shards, num_readers or 0, zero_copy)
             _encryption.apply_to_loader(self._loader, encryption)
             self._backend: str = self._loader.backend
             if not lazy_load:
@@ -351,8 +347,16 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
                     self._fetch(self._records, self._verify_hash, pooled=True)
                     self._release()
         except BaseException:
+            opened = None  # a traceback the caller keeps holds this frame, not the files
             self.close()
             raise
+
+    def _make_loader(self, shards: list[_checkpoint.Shard], threads: int, zero_copy: bool) -> tuple[Any, Callable]:
+        """The loader of the file (or of every shard, driven together) and its load function."""
+        if len(shards) == 1:
+            return self._loader_for(shards[0], threads, zero_copy)
+        loaders = [self._loader_for(s, threads, zero_copy) for s in shards]
+        return _shards.ShardedLoader([ld for ld, _ in loaders], loaders[0][1]), _shards.load
 
     def _loader_for(self, shard: _checkpoint.Shard, threads: int, zero_copy: bool) -> tuple[Any, Callable]:
         """The loader of one file, and the function that loads records through it."""
