@@ -15,7 +15,8 @@ from typing import Any, NamedTuple
 import numpy
 import torch
 
-from . import _assign, _checkpoint, _device, _dtypes, _loading, _mapped, _names, _native, _ring, _shards, _sources, _staging
+from . import _assign, _checkpoint, _device, _dtypes, _loading, _mapped, _names, _native, _ring, _shards, _sources
+from . import _staging
 from . import encryption as _encryption
 from .encryption import DecryptionParams, EncryptionParams
 
