@@ -5,6 +5,7 @@
 #include "bindings.hpp"
 #include "interruptible.hpp"
 #include "tensorstream/errors.hpp"
+#include "tensorstream/format/safetensors.hpp"
 #include "tensorstream/format/tensorizer.hpp"
 #include "tensorstream/io/source.hpp"
 
@@ -87,6 +88,16 @@ void register_format(py::module_& m) {
       .def_property_readonly("encrypted", [](const ts::tz::Index& i) { return i.header.encrypted(); })
       .def_property_readonly("versioned_headers",
                              [](const ts::tz::Index& i) { return i.header.versioned_headers(); })
+      .def_property_readonly("format",
+                             [](const ts::tz::Index& i) {
+                               return i.format == ts::tz::Format::kSafetensors ? "safetensors" : "tensorizer";
+                             })
+      .def_property_readonly("metadata",
+                             [](const ts::tz::Index& i) {
+                               py::dict d;
+                               for (const auto& [k, v] : i.metadata) d[lenient_str(k)] = lenient_str(v);
+                               return d;
+                             })
       .def_readonly("file_size", &ts::tz::Index::file_size)
       .def_readonly("entries", &ts::tz::Index::entries)
       .def("__len__", [](const ts::tz::Index& i) { return i.entries.size(); });
@@ -95,10 +106,10 @@ void register_format(py::module_& m) {
       "read_index",
       [](const std::shared_ptr<ts::Source>& src) {
         ts::CancelToken stop;  // Ctrl-C stops reading the index as it stops a load
-        return call_interruptible([&] { return std::make_shared<ts::tz::Index>(ts::tz::read_index(*src, &stop)); },
+        return call_interruptible([&] { return std::make_shared<ts::tz::Index>(ts::read_any_index(*src, &stop)); },
                                   [&] { stop.interrupt(); });
       },
-      py::arg("source"));
+      py::arg("source"), "The index of a tensorizer or safetensors source, the format picked by its first bytes.");
 }
 
 }  // namespace tsb
