@@ -32,6 +32,7 @@ from .encryption import DecryptionParams, EncryptionParams
 from .serialization import TensorDeserializer, TensorSerializer, TensorType
 from . import safetensors
 from .safetensors import safe_open
+from .convert import convert  # the function: ``tensorstream.convert(src, dst, to=...)``
 
 try:
     __version__ = _metadata.version("tensorstream")
@@ -59,6 +60,7 @@ __all__ = [
     "load",
     "load_module",
     "safe_open",
+    "convert",
     "safetensors",
     "features",
     "utils",

@@ -6,9 +6,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import _loading, _native, _sources
+from ..convert import BATCH_BYTES, batches
 from ..serialization import TensorDeserializer
-
-BATCH_BYTES = 256 << 20
 
 
 def read(uri: str) -> tuple[Any, list[_loading.Record], Any]:
@@ -16,20 +15,6 @@ def read(uri: str) -> tuple[Any, list[_loading.Record], Any]:
     source = _sources.open_source(uri)
     index = _native.read_index(source)
     return index, _loading.describe(index.entries, index.file_size), source
-
-
-def batches(records: list[_loading.Record], limit: int = BATCH_BYTES) -> Iterator[list[_loading.Record]]:
-    """Runs of consecutive records holding about ``limit`` bytes each (at least one record)."""
-    run: list[_loading.Record] = []
-    size = 0
-    for rec in records:
-        if run and size + rec.nbytes > limit:
-            yield run
-            run, size = [], 0
-        run.append(rec)
-        size += rec.nbytes
-    if run:
-        yield run
 
 
 def tensors(uri: str, records: list[_loading.Record], *, verify_hash: bool = False, encryption: Any = None,
