@@ -55,7 +55,7 @@ def write(dst: str, records: Sequence[Record], batches: Iterator[list[tuple]], m
     items = (item for batch in batches for item in batch)
     for path, group in zip(paths, groups, strict=True):
         header = header_bytes([(names[i], records[i]) for i in group], meta)
-        with _output(path) as out:
+        with output(path) as out:
             out.write(header)
             for i in group:
                 _write_tensor(out, next(items), records[i])
@@ -64,7 +64,7 @@ def write(dst: str, records: Sequence[Record], batches: Iterator[list[tuple]], m
                       for path, group in zip(paths, groups, strict=True) for i in group}
         index = {"metadata": {"total_size": sum(r.nbytes for r in records)}, "weight_map": weight_map}
         index_path = join(folder, base + INDEX_SUFFIX)
-        with _output(index_path) as out:
+        with output(index_path) as out:
             out.write(json.dumps(index, indent=2).encode())
         paths.append(index_path)
     return paths
@@ -123,7 +123,7 @@ def _write_tensor(out: Any, item: tuple, rec: Record) -> None:
 
 
 @contextlib.contextmanager
-def _output(path: str) -> Iterator[Any]:
+def output(path: str) -> Iterator[Any]:
     """A binary stream to ``path``; on an error a local file is removed, an upload aborted."""
     if _remote(path):
         if not path.lower().startswith("s3://"):
