@@ -111,3 +111,47 @@ def test_an_encrypted_file_and_its_key_from_s3_with_the_configs_credentials(moto
     without_key = _vllm_config.settings({**config.s3, "tensorizer_uri": config.uri})
     with pytest.raises(tensorstream.KeyRequiredError):
         without_key.open(config.uri_for_rank(1))
+
+
+def test_a_model_folder_with_safetensors_is_the_checkpoint(tmp_path):
+    import safetensors.torch
+
+    state = {"model.embed.weight": torch.randn(8, 4), "lm_head.weight": torch.randn(8, 4)}
+    safetensors.torch.save_file({"model.embed.weight": state["model.embed.weight"]},
+                                str(tmp_path / "model-00001-of-00002.safetensors"))
+    safetensors.torch.save_file({"lm_head.weight": state["lm_head.weight"]},
+                                str(tmp_path / "model-00002-of-00002.safetensors"))
+    config = _vllm_config.settings({}, str(tmp_path))
+    assert config.uri == str(tmp_path)  # no model.tensors: the folder's safetensors shards
+    with config.open(config.uri_for_rank(0), "cpu") as file:
+        assert file.format == "safetensors" and _vllm_config.MARKER not in file
+        for name, tensor in state.items():
+            assert torch.equal(file[name], tensor)
+    tensorstream.save(state, tmp_path / "model.tensors")
+    assert _vllm_config.settings({}, str(tmp_path)).uri == str(tmp_path / "model.tensors")  # .tensors first
+
+
+def test_safetensors_on_s3_one_object_and_a_prefix(moto_s3, monkeypatch, tmp_path):
+    import safetensors.torch
+
+    state = {"w": torch.randn(3, 4)}
+    safetensors.torch.save_file(state, str(tmp_path / "model.safetensors"))
+    bucket = moto_s3.create_bucket()
+    moto_s3.put_object(bucket, "m/model.safetensors", (tmp_path / "model.safetensors").read_bytes())
+    keys = {"s3_access_key_id": moto_s3.access_key, "s3_secret_access_key": moto_s3.secret_key,
+            "s3_endpoint": moto_s3.endpoint, "s3_region_name": moto_s3.region}
+    one = _vllm_config.settings({"tensorizer_uri": f"s3://{bucket}/m/model.safetensors", **keys})
+    with one.open(one.uri) as file:  # one object: the config's credentials
+        assert torch.equal(file["w"], state["w"])
+    prefix = _vllm_config.settings({"tensorizer_uri": f"s3://{bucket}/m/", **keys})
+    with pytest.raises(ValueError, match="credential lookup"):
+        prefix.open(prefix.uri)
+    for name in ("S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "S3_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto_s3.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto_s3.secret_key)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint)
+    from_env = _vllm_config.settings({"tensorizer_uri": f"s3://{bucket}/m/"})
+    with from_env.open(from_env.uri) as file:
+        assert torch.equal(file["w"], state["w"])

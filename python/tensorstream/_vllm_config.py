@@ -56,6 +56,11 @@ class LoadSettings:
         )
 
     def _source(self, uri: str) -> Any:
+        if uri.lower().startswith("s3://") and _names_many(uri):
+            if "s3_access_key_id" in self.s3 or "s3_secret_access_key" in self.s3:
+                raise ValueError(f"{uri}: a checkpoint of several objects is read with the package's S3 credential "
+                                 "lookup (AWS_* variables, profiles); s3_* keys and S3_* variables apply to one file")
+            return uri  # a prefix or an index.json: the deserializer opens each shard
         if uri.lower().startswith("s3://"):
             return stream_io.open_stream(uri, "rb", **self.s3)
         return uri
@@ -119,6 +124,8 @@ def _uri(config: Mapping[str, Any], model_path: str | None) -> str:
         uri = f"{str(config['tensorizer_dir']).rstrip('/')}/{DEFAULT_FILE}"
     if uri is None and model_path is not None and os.path.isdir(model_path):
         uri = os.path.join(model_path, DEFAULT_FILE)
+        if not os.path.exists(uri) and _holds_safetensors(model_path):
+            uri = model_path  # the folder's own safetensors checkpoint, loaded with HF names
     if uri is None:
         raise ValueError(
             "--load-format tensorstream needs the file: set tensorizer_uri (a path, http(s):// URL or "
@@ -143,3 +150,13 @@ def _s3_kwargs(config: Mapping[str, Any]) -> dict[str, str]:
     if config.get("s3_region_name"):
         found["s3_region_name"] = config["s3_region_name"]
     return {k: str(v) for k, v in found.items() if v}
+
+
+def _holds_safetensors(folder: str) -> bool:
+    return any(n.endswith((".safetensors", ".safetensors.index.json")) for n in os.listdir(folder))
+
+
+def _names_many(uri: str) -> bool:
+    """Whether an s3:// URI names a checkpoint prefix or index rather than one object."""
+    path = uri.split("?")[0]
+    return path.endswith("/") or path.endswith(".json")
