@@ -56,6 +56,21 @@ def test_model_tensors_in_the_model_folder_is_the_default(checkpoint, safetensor
     assert_same_state(_state_of(model), engine_state(safetensors_engine))
 
 
+def test_a_sharded_safetensors_folder_loads_with_hf_names(checkpoint, safetensors_engine, tmp_path):
+    """No model.tensors: the folder's own safetensors shards (written by tensorstream.convert)
+    load through this format to the same processed weights as --load-format safetensors."""
+    folder, _ = checkpoint
+    import shutil
+
+    served = tmp_path / "served-st"
+    shutil.copytree(folder, served)
+    shards = tensorstream.convert(served / "model.safetensors", served, to="safetensors", max_shard_bytes=1 << 20)
+    assert len(shards.files) > 2
+    (served / "model.safetensors").unlink()
+    model = load_directly(str(served), {})
+    assert_same_state(_state_of(model), engine_state(safetensors_engine))
+
+
 def _serialize_with_vllm(llm, path: str, monkeypatch) -> None:
     """vLLM's own serialize_vllm_model (with tensorizer) on the engine's processed model."""
     import vllm.model_executor.model_loader.tensorizer as vllm_tensorizer
