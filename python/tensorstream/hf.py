@@ -124,7 +124,11 @@ def _save_tokenizer(tokenizer: Any, dst: str) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
         names = sorted(n for n in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, n)))
-        return [_put(join(dst, n), open(os.path.join(tmp, n), "rb").read()) for n in names]
+        written = []
+        for name in names:
+            with open(os.path.join(tmp, name), "rb") as f:
+                written.append(_put(join(dst, name), f.read()))
+        return written
 
 
 def _put(uri: str, data: bytes) -> str:
