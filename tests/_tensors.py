@@ -62,3 +62,19 @@ def assert_same_tree(got, want) -> None:
         assert len(got) == len(want)
         for g, w in zip(got, want):
             assert_same_tree(g, w)
+
+
+def checkpoint_tensors(with_empty: bool = True) -> dict:
+    """A small mixed-dtype state dict that both checkpoint formats can hold (safetensors has no
+    complex32 or meta tensors)."""
+    out = {
+        "embed.weight": random_tensor((300, 70), torch.float16, 1),
+        "attn.weight": random_tensor((64, 48), torch.bfloat16, 2),
+        "attn.bias": random_tensor((48,), torch.float32, 3),
+        "q8": random_tensor((16, 8), torch.float32, 8).to(torch.float8_e4m3fn),
+        "mask": random_tensor((9, 9), torch.bool, 6),
+        "scalar": random_tensor((), torch.float64, 7),
+    }
+    if with_empty:
+        out["empty"] = random_tensor((0, 4), torch.int64, 9)
+    return out

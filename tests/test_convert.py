@@ -15,21 +15,13 @@ import safetensors.torch
 import torch
 
 import tensorstream
-from _tensors import assert_same, random_tensor
+from _tensors import assert_same, checkpoint_tensors, random_tensor
 from test_contract import medium  # noqa: F401 - the contract suite's fixture over media
 from tensorstream import EncryptionParams, TensorDeserializer
 
 
 def _tensors():
-    return {
-        "embed.weight": random_tensor((300, 70), torch.float16, 1),
-        "attn.weight": random_tensor((64, 48), torch.bfloat16, 2),
-        "attn.bias": random_tensor((48,), torch.float32, 3),
-        "q8": random_tensor((16, 8), torch.float32, 8).to(torch.float8_e4m3fn),
-        "mask": random_tensor((9, 9), torch.bool, 6),
-        "scalar": random_tensor((), torch.float64, 7),
-        "empty": random_tensor((0, 4), torch.int64, 9),
-    }
+    return checkpoint_tensors(with_empty=True)
 
 
 def _same_dict(got, want):
