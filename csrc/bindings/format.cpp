@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings.hpp"
+#include "nogil.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/format/tensorizer.hpp"
 #include "tensorstream/io/source.hpp"
@@ -41,15 +42,15 @@ void register_format(py::module_& m) {
           [](const ts::Source& s, uint64_t offset, py::buffer b) {
             py::buffer_info info = b.request(true);
             size_t n = static_cast<size_t>(info.size * info.itemsize);
-            py::gil_scoped_release nogil;
+            release_gil nogil;
             s.read_exact(offset, info.ptr, n);
           },
           py::arg("offset"), py::arg("buffer"),
           "Fill a writable buffer with the bytes at offset; FormatError if the source ends first.")
       .def("__repr__", [](const ts::Source& s) { return "<tensorstream Source " + s.name() + ">"; });
   py::class_<ts::FileSource, ts::Source, std::shared_ptr<ts::FileSource>>(m, "FileSource")
-      .def(py::init<const std::string&>(), py::arg("path"), py::call_guard<py::gil_scoped_release>())
-      .def_static("from_fd", &ts::FileSource::from_fd, py::arg("fd"), py::call_guard<py::gil_scoped_release>());
+      .def(py::init<const std::string&>(), py::arg("path"), py::call_guard<release_gil>())
+      .def_static("from_fd", &ts::FileSource::from_fd, py::arg("fd"), py::call_guard<release_gil>());
   py::class_<ts::MemorySource, ts::Source, std::shared_ptr<ts::MemorySource>>(m, "MemorySource")
       .def(py::init(&memory_source), py::arg("buffer"));
 
@@ -88,7 +89,7 @@ void register_format(py::module_& m) {
   m.def(
       "read_index",
       [](const std::shared_ptr<ts::Source>& src) {
-        py::gil_scoped_release nogil;
+        release_gil nogil;
         return std::make_shared<ts::tz::Index>(ts::tz::read_index(*src));
       },
       py::arg("source"));

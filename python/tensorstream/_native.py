@@ -6,6 +6,8 @@ shows up in one file.
 
 from __future__ import annotations
 
+import atexit
+
 try:
     from . import _core
 except ImportError as exc:  # pragma: no cover - only on a broken install
@@ -30,6 +32,12 @@ read_index = _core.read_index
 read_digests = _core.read_digests
 derive_key = _core.derive_key
 core_features = _core.features
+settings = _core.settings
+describe_settings = _core.describe_settings
+configure = _core.configure
+setting_overrides = _core.setting_overrides
+runtime_info = _core.runtime_info
+shutdown_runtime = _core.shutdown_runtime
 
 __all__ = [
     "FileSource",
@@ -47,4 +55,14 @@ __all__ = [
     "read_digests",
     "derive_key",
     "core_features",
+    "settings",
+    "describe_settings",
+    "configure",
+    "setting_overrides",
+    "runtime_info",
+    "shutdown_runtime",
 ]
+
+# The core's workers stop before the interpreter finalises: idle ones at once, one busy with a
+# load in a daemon thread after its current chunk, or left to the exit after a short wait.
+atexit.register(shutdown_runtime, 2.0)
