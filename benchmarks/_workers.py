@@ -71,10 +71,10 @@ def _loader(method: str, key_file: str | None = None):
     elif method.startswith("ts-"):
         import tensorstream
 
-        zero_copy = method == "ts-mmap"
+        extra = {"zero_copy": True} if method == "ts-mmap" else {}
 
         def load(path):
-            d = tensorstream.TensorDeserializer(path, device="cpu", zero_copy=zero_copy)
+            d = tensorstream.TensorDeserializer(path, device="cpu", **extra)
             return dict(d.items()), str(getattr(d, "io_backend", "?")), d
     elif method == "tensorizer":
         from tensorizer import TensorDeserializer

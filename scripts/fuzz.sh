@@ -10,8 +10,8 @@ BUILD=build/fuzz
 SECONDS_EACH="${FUZZ_SECONDS:-20}"
 # Longest input per target: the seed files are at most a few KiB.
 declare -A MAX_LEN=([fuzz_index]=8192 [fuzz_load]=8192 [fuzz_tensor_header]=1024 [fuzz_crypt_info]=512
-                    [fuzz_http_text]=1024)
-TARGETS=(${FUZZ_TARGETS:-fuzz_index fuzz_tensor_header fuzz_crypt_info fuzz_load fuzz_http_text})
+                    [fuzz_http_text]=1024 [fuzz_safetensors]=8192)
+TARGETS=(${FUZZ_TARGETS:-fuzz_index fuzz_tensor_header fuzz_crypt_info fuzz_load fuzz_http_text fuzz_safetensors})
 
 CC=clang CXX=clang++ cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTENSORSTREAM_FUZZ=ON >/dev/null
 cmake --build "$BUILD" --target fuzz_targets

@@ -211,6 +211,14 @@ class WireServer:
         self._wait_for_hangup(conn)
         return False
 
+    def _mode_stall_later(self, conn, route, headers) -> bool:
+        """The first ``served`` requests as ``file``; later ones get headers, then nothing."""
+        if route["hits"] <= route.get("served", 1):
+            return self._mode_file(conn, route, headers)
+        conn.sendall(b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-99/100000\r\n\r\n")
+        self._wait_for_hangup(conn)
+        return False
+
     def _mode_s3_moved(self, conn, route, headers) -> bool:
         body = (
             "<?xml version=\"1.0\"?><Error><Code>PermanentRedirect</Code><Message>use the endpoint</Message>"

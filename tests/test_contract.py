@@ -43,12 +43,14 @@ class Medium:
     def publish(self, name: str, raw: bytes) -> str:
         if self.kind == "file":
             path = self.root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(raw)
             return str(path)
         if self.kind == "http":
             path = self.nginx.root / f"{self.prefix}-{name}"
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(raw)
-            return self.nginx.url(path.name)
+            return self.nginx.url(str(path.relative_to(self.nginx.root)))
         self.s3.put_object(self.bucket, name, raw)
         return f"s3://{self.bucket}/{name}"
 

@@ -36,7 +36,7 @@ def test_every_variable_is_listed_with_its_name():
     listed = {s["env"] for s in _core.describe_settings()}
     for name in ("TENSORSTREAM_IO_BACKEND", "TENSORSTREAM_THREADS", "TENSORSTREAM_HTTP_TIMEOUT",
                  "TENSORSTREAM_RING_MB", "TENSORSTREAM_HUGE_PAGES", "TENSORSTREAM_DEVICE_STANDIN",
-                 "TENSORSTREAM_S3_PART_MB", "TENSORSTREAM_CUDA_LIBRARY"):
+                 "TENSORSTREAM_S3_PART_MB", "TENSORSTREAM_CUDA_LIBRARY", "TENSORSTREAM_PROGRESS"):
         assert name in listed
 
 

@@ -252,6 +252,23 @@ def test_ctrl_c_interrupts_opening(wire):
             timer.join()
 
 
+@pytest.mark.parametrize("where", ["index", "stream"])
+def test_ctrl_c_interrupts_reads_after_opening(wire, model_bytes, where):
+    """The size probe answers; the index read (or a stream's read) then stalls mid-body."""
+    wire.route("/later", "stall_later", data=model_bytes, served=1)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    with within(2), pytest.raises(KeyboardInterrupt):
+        timer.start()
+        try:
+            if where == "index":
+                TensorDeserializer(wire.url("/later"))
+            else:
+                with stream_io.open_stream(wire.url("/later"), "rb") as stream:
+                    stream.read(1 << 20)
+        finally:
+            timer.join()
+
+
 def test_an_endless_error_body_is_not_read(wire):
     wire.route("/gone", "endless_error", status=404)
     with within(3), pytest.raises(tensorstream.NotFoundError, match="HTTP 404"):

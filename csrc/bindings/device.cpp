@@ -38,6 +38,8 @@ py::dict stats_dict(const ts::DeviceLoadStats& s) {
   d["data_seconds"] = s.data_seconds;
   d["alloc_seconds"] = s.alloc_seconds;
   d["slot_wait_seconds"] = s.slot_wait_seconds;
+  d["hash_seconds"] = s.hash_seconds;
+  d["decrypt_seconds"] = s.decrypt_seconds;
   return d;
 }
 
@@ -113,6 +115,7 @@ void register_device(py::module_& m) {
       .def("cancel", &ts::DeviceLoader::cancel,
            "Stop the running load (from any thread) and refuse later ones: they raise LoadCancelled.")
       .def_property_readonly("cancelled", &ts::DeviceLoader::cancelled)
+      .def_property_readonly("progress", &ts::DeviceLoader::progress, "Data bytes read into the ring so far by the running load.")
       .def("stats", [](const ts::DeviceLoader& self) { return stats_dict(self.stats()); });
 
   py::class_<PinnedBuffer>(m, "PinnedBuffer", py::buffer_protocol())

@@ -3,8 +3,9 @@
 #include <pybind11/stl.h>
 
 #include "bindings.hpp"
-#include "nogil.hpp"
+#include "interruptible.hpp"
 #include "tensorstream/errors.hpp"
+#include "tensorstream/format/safetensors.hpp"
 #include "tensorstream/format/tensorizer.hpp"
 #include "tensorstream/io/source.hpp"
 
@@ -42,8 +43,13 @@ void register_format(py::module_& m) {
           [](const ts::Source& s, uint64_t offset, py::buffer b) {
             py::buffer_info info = b.request(true);
             size_t n = static_cast<size_t>(info.size * info.itemsize);
-            release_gil nogil;
-            s.read_exact(offset, info.ptr, n);
+            ts::CancelToken stop;  // Ctrl-C stops a remote read (HttpStreamFile.read)
+            call_interruptible(
+                [&] {
+                  s.read_exact(offset, info.ptr, n, &stop);
+                  return true;
+                },
+                [&] { stop.interrupt(); });
           },
           py::arg("offset"), py::arg("buffer"),
           "Fill a writable buffer with the bytes at offset; FormatError if the source ends first.")
@@ -82,6 +88,16 @@ void register_format(py::module_& m) {
       .def_property_readonly("encrypted", [](const ts::tz::Index& i) { return i.header.encrypted(); })
       .def_property_readonly("versioned_headers",
                              [](const ts::tz::Index& i) { return i.header.versioned_headers(); })
+      .def_property_readonly("format",
+                             [](const ts::tz::Index& i) {
+                               return i.format == ts::tz::Format::kSafetensors ? "safetensors" : "tensorizer";
+                             })
+      .def_property_readonly("metadata",
+                             [](const ts::tz::Index& i) {
+                               py::dict d;
+                               for (const auto& [k, v] : i.metadata) d[lenient_str(k)] = lenient_str(v);
+                               return d;
+                             })
       .def_readonly("file_size", &ts::tz::Index::file_size)
       .def_readonly("entries", &ts::tz::Index::entries)
       .def("__len__", [](const ts::tz::Index& i) { return i.entries.size(); });
@@ -89,10 +105,11 @@ void register_format(py::module_& m) {
   m.def(
       "read_index",
       [](const std::shared_ptr<ts::Source>& src) {
-        release_gil nogil;
-        return std::make_shared<ts::tz::Index>(ts::tz::read_index(*src));
+        ts::CancelToken stop;  // Ctrl-C stops reading the index as it stops a load
+        return call_interruptible([&] { return std::make_shared<ts::tz::Index>(ts::read_any_index(*src, &stop)); },
+                                  [&] { stop.interrupt(); });
       },
-      py::arg("source"));
+      py::arg("source"), "The index of a tensorizer or safetensors source, the format picked by its first bytes.");
 }
 
 }  // namespace tsb

@@ -86,6 +86,7 @@ void register_io(py::module_& m) {
       .def("cancel", &ts::Loader::cancel,
            "Stop the running load (from any thread) and refuse later ones: they raise LoadCancelled.")
       .def_property_readonly("cancelled", &ts::Loader::cancelled)
+      .def_property_readonly("progress", &ts::Loader::progress, "Data bytes read so far by the running load.")
       .def("stats", [](const ts::Loader& self) {
         const auto& s = self.stats();
         py::dict d;
@@ -94,6 +95,8 @@ void register_io(py::module_& m) {
         d["queued_bytes"] = s.queued_bytes;
         d["header_seconds"] = s.header_seconds;
         d["data_seconds"] = s.data_seconds;
+        d["hash_seconds"] = s.hash_seconds;
+        d["decrypt_seconds"] = s.decrypt_seconds;
         return d;
       });
 

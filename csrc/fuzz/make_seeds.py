@@ -1,6 +1,6 @@
 """Writes the seed corpora of the fuzz targets from real files, written by tensorstream and by
 tensorizer: several dtypes, each data version's feature (opaque dtypes, meta tensors, dimensions of
-2**32 or more), and encryption with the fuzz targets' key and passphrase (at the lowest Argon2id
+2**32 or more), safetensors files written by the safetensors package, and encryption with the fuzz targets' key and passphrase (at the lowest Argon2id
 cost, so the load target can derive the key per input).
 
     python csrc/fuzz/make_seeds.py [CORPUS_DIR]    (default: csrc/fuzz/corpus)
@@ -168,6 +168,29 @@ HTTP_TEXT = [
 ]
 
 
+def safetensors_files(tmp):
+    """Files written by the safetensors package: several dtypes, metadata, empty and scalar tensors."""
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(7)
+    sets = {
+        "mixed": {
+            "w": torch.randn(3, 4, generator=gen),
+            "h": torch.randn(5, generator=gen).to(torch.bfloat16),
+            "i": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+            "m": torch.tensor([True, False, True]),
+            "q": torch.randn(4, generator=gen).to(torch.float8_e4m3fn),
+        },
+        "edges": {"empty": torch.empty(0, 3), "scalar": torch.tensor(2.5, dtype=torch.float64)},
+        "none": {},
+    }
+    for label, tensors in sets.items():
+        path = os.path.join(tmp, f"{label}.safetensors")
+        save_file(tensors, path, metadata={"format": "pt", "note": "caf\u00e9"} if label == "mixed" else None)
+        with open(path, "rb") as f:
+            yield f.read()
+
+
 def save(directory, content):
     os.makedirs(directory, exist_ok=True)
     name = hashlib.sha1(content).hexdigest()
@@ -190,6 +213,9 @@ def main(corpus):
             if encrypted:
                 block = crypt_block(header, bool(mode & 0x20))
                 save(os.path.join(corpus, "fuzz_crypt_info"), struct.pack("<Q", length) + block)
+    with tempfile.TemporaryDirectory() as tmp:
+        for data in safetensors_files(tmp):
+            save(os.path.join(corpus, "fuzz_safetensors"), data)
     for text in HTTP_TEXT:
         save(os.path.join(corpus, "fuzz_http_text"), text)
 

@@ -10,6 +10,7 @@
 #include "tensorstream/decrypt_stream.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/hash.hpp"
+#include "tensorstream/stage_times.hpp"
 #include "tensorstream/tensor_checks.hpp"
 #include "tensorstream/runtime.hpp"
 
@@ -89,6 +90,7 @@ std::vector<uint16_t> Loader::check_checked(const tz::Index& index, const std::v
                                             bool verify) {
   stats_ = LoadStats{};
   digests_.clear();
+  progress_.store(0, std::memory_order_relaxed);
   if (index.header.encrypted())
     throw std::invalid_argument("'" + src_->name() + "' is encrypted: its tensors cannot be used where they lie");
   check_requests(index, reqs);
@@ -126,6 +128,8 @@ std::vector<uint16_t> Loader::check_checked(const tz::Index& index, const std::v
     if (error) std::rethrow_exception(error);
   }
   stats_.data_seconds = since(t0);
+  if (verify) stats_.hash_seconds = stats_.data_seconds;  // hashing is all this step does
+  progress_.store(stats_.bytes, std::memory_order_relaxed);
   digests_ = digests_of(checks);
   std::vector<uint16_t> modules;
   modules.reserve(checks.size());
@@ -137,6 +141,7 @@ std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::ve
                                            bool verify) {
   stats_ = LoadStats{};
   digests_.clear();
+  progress_.store(0, std::memory_order_relaxed);
   check_requests(index, reqs);
   cancel_.check();
   if (reqs.empty()) return {};
@@ -171,20 +176,28 @@ std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::ve
       crypts[k] = std::make_unique<DecryptStream>(checks[r].header.crypt, *checks[r].key, ops[k].dst, ops[k].length,
                                                   index.entries[reqs[r].entry].name, src_->name());
   }
-  ChunkDone on_chunk = [](const Piece&) {};
+  StageTimes times;
+  ChunkDone on_chunk = [&](const Piece& p) { progress_.fetch_add(p.length, std::memory_order_relaxed); };
   if (verify || index.header.encrypted()) {
     if (verify)
       for (size_t k = 0; k < ops.size(); ++k) streams[k].expect(ops[k].length);
     on_chunk = [&](const Piece& p) {
       const size_t r = op_req[p.op];
+      uint64_t hash_ns = 0, check_ns = 0;
       auto hash = [&](uint64_t at, uint64_t n) {
+        ScopedNs timed(hash_ns);
         if (verify && streams[p.op].add(at, n, ops[p.op].dst, *checks[r].hasher, cancel_))
           finish_check(checks[r], index.entries[reqs[r].entry].name, src_->name());
       };
       const uint64_t at = p.dst - ops[p.op].dst;
       cancel_.check();  // before opening crypto chunks: the load is abandoned
-      if (crypts[p.op]) crypts[p.op]->add(at, p.length, hash);
-      else hash(at, p.length);
+      {
+        ScopedNs timed(check_ns);
+        if (crypts[p.op]) crypts[p.op]->add(at, p.length, hash);
+        else hash(at, p.length);
+      }
+      times.add(hash_ns, crypts[p.op] ? check_ns - hash_ns : 0);
+      progress_.fetch_add(p.length, std::memory_order_relaxed);
     };
   }
   try {
@@ -193,6 +206,8 @@ std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::ve
     rethrow_read(f, index.entries[reqs[op_req[f.op()]].entry].name, *src_, "data");
   }
   stats_.data_seconds = since(t0);
+  stats_.hash_seconds = times.hash_seconds();
+  stats_.decrypt_seconds = times.decrypt_seconds();
   stats_.queued_bytes = engine_->queued_bytes();
   stats_.reads += ops.size();
   digests_ = digests_of(checks);

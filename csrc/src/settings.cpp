@@ -106,6 +106,8 @@ const std::vector<Field>& fields() {
       uint_field("s3_part_mb", "TENSORSTREAM_S3_PART_MB", &Settings::s3_part_mb, 5, 5120),
       uint_field("s3_upload_concurrency", "TENSORSTREAM_S3_UPLOAD_CONCURRENCY", &Settings::s3_upload_concurrency, 1,
                  256),
+      text_field("progress", "TENSORSTREAM_PROGRESS", &Settings::progress,
+                 {"auto", "0", "1", "on", "off", "true", "false", "yes", "no"}),
   };
   return table;
 }

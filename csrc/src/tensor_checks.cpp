@@ -66,6 +66,11 @@ std::vector<TensorCheck> read_headers(ReadEngine& engine, const Source& src, con
                                       const std::vector<LoadRequest>& reqs, bool verify, crypto::KeySource& keys,
                                       uint64_t& reads, const CancelToken* cancel) {
   std::vector<TensorCheck> checks(reqs.size());
+  if (!index.has_tensor_headers()) {  // safetensors: nothing to read, nothing to verify
+    if (verify) throw std::invalid_argument("safetensors files carry no hashes: there is nothing to verify");
+    for (size_t i = 0; i < reqs.size(); ++i) checks[i].digest.entry = reqs[i].entry;
+    return checks;
+  }
   std::vector<uint8_t> scratch;
   for (size_t begin = 0; begin < reqs.size();) {
     if (cancel) cancel->check();
@@ -109,6 +114,7 @@ std::vector<TensorCheck> read_headers(ReadEngine& engine, const Source& src, con
 }
 
 std::vector<HeaderDigest> read_digests(const Source& src, const tz::Index& index, const std::vector<size_t>& entries) {
+  if (!index.has_tensor_headers()) throw std::invalid_argument("safetensors files carry no hashes to compare with");
   std::vector<HeaderDigest> out;
   out.reserve(entries.size());
   std::vector<uint8_t> raw;

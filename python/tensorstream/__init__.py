@@ -32,6 +32,8 @@ from .errors import (
 )
 from .encryption import DecryptionParams, EncryptionParams
 from .serialization import TensorDeserializer, TensorSerializer, TensorType
+from . import safetensors
+from .safetensors import safe_open
 
 try:
     __version__ = _metadata.version("tensorstream")
@@ -58,6 +60,8 @@ __all__ = [
     "save",
     "load",
     "load_module",
+    "safe_open",
+    "safetensors",
     "features",
     "configure",
     "configured",

@@ -121,9 +121,7 @@ def load(
         raws = _arena.slices(spans, size) if spans else []
     else:
         raws = [torch.empty(r.nbytes, dtype=torch.uint8, device="cpu") for r in with_data]
-    requests = [(r.pos, raw.data_ptr(), r.nbytes) for r, raw in zip(with_data, raws, strict=True)]
-    requests += [(r.pos, 0, 0) for r in records if not r.nbytes]
-    requests.sort()
+    requests = plan(records, with_data, raws)
     try:
         module_idx = loader.load(index, requests, verify_hash)
     except BaseException:
@@ -131,6 +129,27 @@ def load(
         # deserializer's file and connections close with it).
         raws = loader = None
         raise
+    return results(records, with_data, raws, requests, module_idx)
+
+
+def plan(records: Sequence[Record], with_data: Sequence[Record], raws: Sequence[torch.Tensor]) -> list[tuple]:
+    """The core's requests, ``(pos, address, nbytes)`` in index order: data records at their
+    ``raws`` buffer, the others with no data."""
+    requests = [(r.pos, raw.data_ptr(), r.nbytes) for r, raw in zip(with_data, raws, strict=True)]
+    requests += [(r.pos, 0, 0) for r in records if not r.nbytes]
+    requests.sort()
+    return requests
+
+
+def results(
+    records: Sequence[Record],
+    with_data: Sequence[Record],
+    raws: Sequence[torch.Tensor],
+    requests: Sequence[tuple],
+    module_idx: Sequence[int],
+    device: torch.device | str = "cpu",
+) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
+    """``{pos: tensor}`` and ``{pos: module_idx}`` once the core has filled (or checked) ``raws``."""
     out = {r.pos: typed(raw, r) for r, raw in zip(with_data, raws, strict=True)}
-    out.update((r.pos, empty(r)) for r in records if not r.nbytes)
+    out.update((r.pos, empty(r, device)) for r in records if not r.nbytes)
     return out, {pos: idx for (pos, _, _), idx in zip(requests, module_idx, strict=True)}

@@ -60,7 +60,7 @@ def open_local(obj: Any) -> tuple[Any, mmap.mmap | None]:
         os.close(fd)
 
 
-class MappedLoader:
+class MappedLoader(_native.CoreWrapper):
     """The loader of a zero-copy deserializer: a core Loader for the headers and hashes, and the
     mapping that tensors are sliced from."""
 
@@ -73,15 +73,6 @@ class MappedLoader:
     def set_decryption(self, **_: Any) -> None:
         raise ValueError("zero_copy=True cannot decrypt: encrypted tensors are always copied")
 
-    def stats(self) -> dict[str, Any]:
-        return self.core.stats()
-
-    def cancel(self) -> None:
-        self.core.cancel()
-
-    @property
-    def cancelled(self) -> bool:
-        return self.core.cancelled
 
     def populate(self, spans: Sequence[tuple[int, int]]) -> None:
         """Maps the page-cache pages holding ``spans`` in one call (no fault per page later);
@@ -108,14 +99,10 @@ def load(
     raws = _arena.slices_of(loader.region, 0, spans) if spans else []
     if pooled:
         loader.populate(spans)
-    requests = [(r.pos, raw.data_ptr(), r.nbytes) for r, raw in zip(with_data, raws, strict=True)]
-    requests += [(r.pos, 0, 0) for r in records if not r.nbytes]
-    requests.sort()
+    requests = _loading.plan(records, with_data, raws)
     try:
         module_idx = loader.core.check_in_place(index, requests, verify_hash)
     except BaseException:
-        raws = loader = None
+        raws = loader = None  # as in _loading.load: a kept traceback holds neither
         raise
-    out = {r.pos: _loading.typed(raw, r) for r, raw in zip(with_data, raws, strict=True)}
-    out.update((r.pos, _loading.empty(r)) for r in records if not r.nbytes)
-    return out, {pos: idx for (pos, _, _), idx in zip(requests, module_idx, strict=True)}
+    return _loading.results(records, with_data, raws, requests, module_idx)

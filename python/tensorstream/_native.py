@@ -7,6 +7,7 @@ shows up in one file.
 from __future__ import annotations
 
 import atexit
+from typing import Any
 
 try:
     from . import _core
@@ -62,6 +63,32 @@ __all__ = [
     "runtime_info",
     "shutdown_runtime",
 ]
+
+
+class CoreWrapper:
+    """Base of the Python loaders that wrap a core loader (``self.core``): what the deserializer
+    asks of every loader besides ``load``."""
+
+    core: Any
+
+    def stats(self) -> dict[str, Any]:
+        return self.core.stats()
+
+    def digests(self) -> list[Any]:
+        return self.core.digests()
+
+    def cancel(self) -> None:
+        self.core.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.core.cancelled
+
+    @property
+    def progress(self) -> int:
+        """Data bytes the running (or last) load has read so far."""
+        return self.core.progress
+
 
 # The core's workers stop before the interpreter finalises: idle ones at once, one busy with a
 # load in a daemon thread after its current chunk, or left to the exit after a short wait.

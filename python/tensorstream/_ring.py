@@ -46,7 +46,7 @@ def wanted(device: torch.device) -> bool:
     return device.type == "cuda" or standin() is not None
 
 
-class RingLoader:
+class RingLoader(_native.CoreWrapper):
     """A ``_core.DeviceLoader`` for one device; ``load`` below fills it."""
 
     def __init__(
@@ -70,15 +70,6 @@ class RingLoader:
     def set_decryption(self, **kwargs: Any) -> None:
         self.core.set_decryption(**kwargs)
 
-    def stats(self) -> dict[str, Any]:
-        return self.core.stats()
-
-    def cancel(self) -> None:
-        self.core.cancel()
-
-    @property
-    def cancelled(self) -> bool:
-        return self.core.cancelled
 
 
 def _check_torch(device: torch.device) -> None:
@@ -105,16 +96,10 @@ def load(
         # The allocator may hand out memory that kernels queued on torch's stream still use;
         # the core copies on its own streams, so let those finish first.
         torch.cuda.current_stream(device).synchronize()
-    requests = [(r.pos, raw.data_ptr(), r.nbytes) for r, raw in zip(with_data, raws, strict=True)]
-    requests += [(r.pos, 0, 0) for r in records if not r.nbytes]
-    requests.sort()
+    requests = _loading.plan(records, with_data, raws)
     try:
         module_idx = loader.core.load(index, requests, verify_hash)
     except BaseException:
-        # A traceback the caller keeps holds this frame, not the memory or the loader (a closed
-        # deserializer's file and connections close with it).
-        raws = loader = None
+        raws = loader = None  # as in _loading.load: a kept traceback holds neither
         raise
-    out = {r.pos: _loading.typed(raw, r) for r, raw in zip(with_data, raws, strict=True)}
-    out.update((r.pos, _loading.empty(r, device)) for r in records if not r.nbytes)
-    return out, {pos: idx for (pos, _, _), idx in zip(requests, module_idx, strict=True)}
+    return _loading.results(records, with_data, raws, requests, module_idx, device)

@@ -15,7 +15,8 @@ from typing import Any, NamedTuple
 import numpy
 import torch
 
-from . import _assign, _device, _dtypes, _loading, _mapped, _names, _native, _ring, _sources, _staging
+from . import _assign, _checkpoint, _device, _dtypes, _loading, _mapped, _names, _native, _progress, _ring
+from . import _shards, _sources, _staging, _stats
 from . import encryption as _encryption
 from .encryption import DecryptionParams, EncryptionParams
 
@@ -50,7 +51,8 @@ class TensorSerializer:
     writing (``"wb+"``; written through its descriptor from offset 0 and left open), or an object
     without a descriptor such as ``io.BytesIO`` (written to a temporary file, copied into the
     object by :meth:`close`). ``compress_tensors`` is accepted and ignored, as in tensorizer;
-    ``limit_cpu_concurrency`` caps the core's hashing/writing threads.
+    ``limit_cpu_concurrency`` caps the core's hashing/writing threads. ``progress=True`` shows a
+    bar on a terminal (None: the ``TENSORSTREAM_PROGRESS`` setting; see ``_progress``).
     """
 
     def __init__(
@@ -60,8 +62,10 @@ class TensorSerializer:
         *,
         encryption: Any = None,
         limit_cpu_concurrency: int | None = None,
+        progress: bool | None = None,
     ) -> None:
         encryption = _encryption.writing_params(encryption)
+        self._progress = _progress.wanted(progress)
         self._target: _sources.WriteTarget | None = None
         self._target = _sources.WriteTarget(path_or_file)
         try:
@@ -163,8 +167,10 @@ class TensorSerializer:
         """One core call for the batch (hashed and written in parallel), then the callbacks."""
         if batch:
             start = time.perf_counter()
-            self._writer.write([p.record(tensor) for p, tensor in batch])
             nbytes = sum(p.nbytes for p, _ in batch)
+            with _progress.Bar(nbytes, "saving", self._progress) as bar:
+                for part in _progress.parts(batch, lambda item: item[0].nbytes, bar):
+                    self._writer.write([p.record(tensor) for p, tensor in part])
             seconds = time.perf_counter() - start
             logger.info(
                 "wrote %d tensors, %.1f MB in %.3f s (%.2f GB/s)",
@@ -261,7 +267,12 @@ def _copy_tree(tree: dict[Any, Any]) -> dict[Any, Any]:
 
 
 class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextManager):
-    """Reads a ``.tensors`` file; a read-only mapping of names to tensors.
+    """Reads a ``.tensors`` file or a safetensors checkpoint; a read-only mapping of names to tensors.
+
+    The format is picked from the bytes, not the name: a tensorizer file, a ``.safetensors``
+    file, a ``*.safetensors.index.json`` naming shards, or a folder / URL prefix / ``s3://``
+    prefix holding a checkpoint (see ``_checkpoint``). Shards load together as one mapping;
+    safetensors stores no hashes, so ``verify_hash=True`` is a ValueError for it.
 
     Plain names are ``str`` keys. Files with structured names (nested dicts / lists written by
     ``write_state_dict``) map their first components to nested read-only mappings; ``tree()``
@@ -285,6 +296,10 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     ``device="cuda"`` (``"cuda:N"``, a ``torch.device``) loads straight to the GPU through a
     ring of pinned host memory (``TENSORSTREAM_RING_MB``, default 256 MiB): host memory stays
     at the ring's size whatever the model's size. ``dtype`` casts run on the GPU.
+
+    ``progress=True`` shows a bar (bytes, GB/s, ETA) on a terminal while tensors load (None: the
+    ``TENSORSTREAM_PROGRESS`` setting). ``stats`` (a ``LoadStats``) sums bytes and seconds per
+    stage over this deserializer's loads.
     """
 
     def __init__(
@@ -301,8 +316,11 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         verify_hash: bool = False,
         encryption: Any = None,
         zero_copy: bool = False,
+        progress: bool | None = None,
     ) -> None:
         encryption = _encryption.reading_params(encryption)
+        self._progress = _progress.wanted(progress)
+        self.stats = _stats.LoadStats()
         self._device = _device.resolve(device)
         if zero_copy and (self._device.type != "cpu" or _ring.wanted(self._device)):
             raise ValueError(f"zero_copy=True maps the file into CPU memory; it cannot load to {self._device}")
@@ -321,13 +339,12 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self._digests: dict[int, Any] = {}  # index position -> _core.HeaderDigest, for verify_module
         self._last_read = -1  # position in self._records of the last tensor read_tensors yielded
         self.total_bytes_read = 0
-        region = None
-        if zero_copy:
-            self._source, region = _mapped.open_local(path_or_file)
-        else:
-            self._source = _sources.open_source(path_or_file)
+        opened = _checkpoint.open_checkpoint(path_or_file, zero_copy=zero_copy)
+        self._source, self._index = _source_and_index(opened)
         try:
-            self._index = _native.read_index(self._source)
+            if self._verify_hash and self._index.format != "tensorizer":
+                raise ValueError(f"{self._source.name} is safetensors, which stores no hashes: verify_hash=True "
+                                 "cannot check it (load it without verify_hash)")
             _encryption.check_file(self._index.encrypted, encryption, self._source.name)
             if zero_copy and self._index.encrypted:
                 raise ValueError(f"{self._source.name} is encrypted: zero_copy=True needs an unencrypted file")
@@ -335,15 +352,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             self._by_path = {r.path: r for r in self._records}
             self._tree = _names.registry_of([r.path for r in self._records])
             self.total_tensor_bytes = sum(r.nbytes for r in self._records)
-            if zero_copy:
-                self._loader = _mapped.MappedLoader(self._source, region, threads=num_readers or 0)
-                self._load = _mapped.load
-            elif _ring.wanted(self._device):
-                self._loader = _ring.RingLoader(self._source, self._device, threads=num_readers or 0)
-                self._load = _ring.load
-            else:
-                self._loader = _native.Loader(self._source, threads=num_readers or 0)
-                self._load = _loading.load
+            self._loader, self._load = self._make_loader(opened.shards, num_readers or 0, zero_copy)
             _encryption.apply_to_loader(self._loader, encryption)
             self._backend: str = self._loader.backend
             if not lazy_load:
@@ -351,10 +360,36 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
                     self._fetch(self._records, self._verify_hash, pooled=True)
                     self._release()
         except BaseException:
+            opened = None  # a traceback the caller keeps holds this frame, not the files
             self.close()
             raise
 
+    def _make_loader(self, shards: list[_checkpoint.Shard], threads: int, zero_copy: bool) -> tuple[Any, Callable]:
+        """The loader of the file (or of every shard, driven together) and its load function."""
+        if len(shards) == 1:
+            return self._loader_for(shards[0], threads, zero_copy)
+        loaders = [self._loader_for(s, threads, zero_copy) for s in shards]
+        return _shards.ShardedLoader([ld for ld, _ in loaders], loaders[0][1]), _shards.load
+
+    def _loader_for(self, shard: _checkpoint.Shard, threads: int, zero_copy: bool) -> tuple[Any, Callable]:
+        """The loader of one file, and the function that loads records through it."""
+        if zero_copy:
+            return _mapped.MappedLoader(shard.source, shard.region, threads=threads), _mapped.load
+        if _ring.wanted(self._device):
+            return _ring.RingLoader(shard.source, self._device, threads=threads), _ring.load
+        return _native.Loader(shard.source, threads=threads), _loading.load
+
     # Properties ----------------------------------------------------------------------------
+
+    @property
+    def format(self) -> str:
+        """The format of the file (or shards) read: ``"tensorizer"`` or ``"safetensors"``."""
+        return self._index.format
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """A safetensors file's ``__metadata__`` (merged over shards); empty for tensorizer files."""
+        return dict(self._index.metadata)
 
     @property
     def io_backend(self) -> str:
@@ -497,6 +532,8 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         need not have loaded the tensors first: the hashes of those not yet loaded are read from
         their headers (a small read each). RuntimeError if they are needed after :meth:`close`.
         """
+        if self._index.format != "tensorizer":
+            raise ValueError(f"{self._source.name} is safetensors, which stores no hashes to verify a module against")
         tensors: dict[str, torch.Tensor] = dict(m.state_dict())
         tensors.update(m.named_buffers())  # non-persistent buffers are in the file too
         checked = [r for r in self._records if r.name in tensors]
@@ -539,6 +576,25 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
 
     # Internals -----------------------------------------------------------------------------
 
+    def _take(self, path: _names.Path) -> torch.Tensor:
+        """The tensor at ``path``, freshly read and not kept (a new tensor on each call)."""
+        with self._lock:
+            cached = path in self._cache
+            tensor = self._tensors([path])[path]
+            if not cached:
+                del self._cache[path]
+            return tensor if not cached else tensor.clone()
+
+    def _data_location(self, path: _names.Path) -> tuple[Any, int, _loading.Record]:
+        """The source holding a tensor's bytes, their offset in it, and its record."""
+        if self._source is None or self._closed:
+            raise ValueError("the deserializer is closed; open a new one to read more tensors")
+        rec = self._by_path[path]
+        if isinstance(self._index, _shards.ShardedIndex):
+            shard, local = self._index.locate(rec.pos)
+            return self._source.sources[shard], self._index.parts[shard].entries[local].data_offset, rec
+        return self._source, self._index.entries[rec.pos].data_offset, rec
+
     def _release(self) -> None:
         self._loader = None
         self._source = None
@@ -566,10 +622,12 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         start = time.perf_counter()
         name = self._source.name
         self._loading_thread = threading.get_ident()
-        try:
-            loaded, module_idx = self._load(self._loader, self._index, records, verify_hash, pooled=pooled)
+        bar = _progress.Bar(sum(r.nbytes for r in records), f"loading {name}", self._progress)
+        try:  # no local holds the loader: a traceback the caller keeps must not keep it alive
+            with bar, _progress.Poller(bar, _progress.bytes_read(self._loader)):
+                loaded, module_idx = self._load(self._loader, self._index, records, verify_hash, pooled=pooled)
             stats = self._loader.stats()
-            digests = getattr(self._loader, "core", self._loader).digests()  # RingLoader wraps its core
+            digests = self._loader.digests()
         finally:
             self._loading_thread = None
             if self._closed:  # close() came while loading (a LoadCancelled, unless too late)
@@ -579,10 +637,13 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         nbytes = int(stats.get("bytes", sum(r.nbytes for r in records)))
         self.total_bytes_read += nbytes
         seconds = time.perf_counter() - start
+        load = _stats.LoadStats.of_load(stats, tensors=len(records), seconds=seconds, verified=verify_hash,
+                                        encrypted=self._index.encrypted, on_device=self._load is _ring.load)
+        self.stats.add(load)
         logger.info(
-            "loaded %d tensors, %.1f MB in %.3f s (%.2f GB/s) from %s with %s%s",
+            "loaded %d tensors, %.1f MB in %.3f s (%.2f GB/s) from %s with %s%s (%s)",
             len(records), nbytes / 1e6, seconds, nbytes / max(seconds, 1e-9) / 1e9,
-            name, self._backend, ", hashes verified" if verify_hash else "",
+            name, self._backend, ", hashes verified" if verify_hash else "", load.summary(),
         )
         for rec in records:
             self._cache[rec.path] = self._finish(loaded[rec.pos])
@@ -591,6 +652,22 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         if self._dtype is not None and tensor.is_floating_point() and tensor.dtype != self._dtype:
             tensor = tensor.to(self._dtype)
         return tensor
+
+
+class _Checkpoint:
+    """Stands for the source of a sharded checkpoint: its name, and each shard's source."""
+
+    def __init__(self, name: str, sources: list[Any]) -> None:
+        self.name = name
+        self.sources = sources
+
+
+def _source_and_index(opened: _checkpoint.Opened) -> tuple[Any, Any]:
+    if len(opened.shards) == 1:
+        return opened.shards[0].source, opened.shards[0].index
+    names = [s.source.name for s in opened.shards]
+    sources = [s.source for s in opened.shards]
+    return _Checkpoint(opened.name, sources), _shards.ShardedIndex([s.index for s in opened.shards], names)
 
 
 def _select(index: Any, filter_func: FilterFunc | None) -> list[_loading.Record]:

@@ -1,6 +1,7 @@
 // Executes a load plan: per-tensor headers into scratch, data straight into caller memory,
 // hashes checked in worker threads.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -26,6 +27,8 @@ struct LoadStats {
   uint64_t reads = 0;
   uint64_t queued_bytes = 0;  // data bytes read through the io_uring queue, not copied inline
   double header_seconds = 0, data_seconds = 0;  // data includes hashing (done as chunks arrive)
+  // Busy time summed over workers (so it can exceed data_seconds): hashing data, decrypting it.
+  double hash_seconds = 0, decrypt_seconds = 0;
 };
 
 class Loader {
@@ -49,6 +52,8 @@ class Loader {
   void interrupt() { cancel_.interrupt(); }
   void resume() { cancel_.resume(); }
   const LoadStats& stats() const { return stats_; }
+  // Data bytes read so far by the load in progress (or the last one); readable from any thread.
+  uint64_t progress() const { return progress_.load(std::memory_order_relaxed); }
   // The key (or passphrase) for encrypted files; decryption runs in the read workers.
   crypto::KeySource& keys() { return keys_; }
   // The digests of the tensors of the last load that succeeded, in request order.
@@ -64,6 +69,7 @@ class Loader {
   EngineOptions opts_;
   std::unique_ptr<ReadEngine> engine_;
   LoadStats stats_;
+  std::atomic<uint64_t> progress_{0};
   crypto::KeySource keys_;
   std::vector<HeaderDigest> digests_;
   CancelToken cancel_;

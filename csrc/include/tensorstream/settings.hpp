@@ -32,6 +32,7 @@ struct Settings {
   std::string s3_addressing = "auto";  // TENSORSTREAM_S3_ADDRESSING: auto | path | virtual
   unsigned s3_part_mb = 16;            // TENSORSTREAM_S3_PART_MB (at least 5)
   unsigned s3_upload_concurrency = 8;  // TENSORSTREAM_S3_UPLOAD_CONCURRENCY
+  std::string progress = "auto";       // TENSORSTREAM_PROGRESS: auto, or on/off (0/1, ...)
 };
 
 // One setting as listed to users: its keyword (configure()), variable, and value as text.

@@ -33,7 +33,8 @@ void check_encryption(bool encrypted, const crypto::KeySource& keys, const std::
 // Reads every request's per-tensor header (in batches of bounded scratch), parses and checks it
 // against its index entry; with `verify`, feeds it to the tensor's hasher (and checks tensors
 // without data at once). `reads` is increased by the reads issued. `cancel` (may be null) is
-// checked before each batch: Cancelled.
+// checked before each batch: Cancelled. An index without per-tensor headers (safetensors)
+// reads nothing: std::invalid_argument with `verify`, else checks without hashes.
 std::vector<TensorCheck> read_headers(ReadEngine& engine, const Source& src, const tz::Index& index,
                                       const std::vector<LoadRequest>& reqs, bool verify, crypto::KeySource& keys,
                                       uint64_t& reads, const CancelToken* cancel = nullptr);

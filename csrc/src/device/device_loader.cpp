@@ -10,6 +10,7 @@
 #include "tensorstream/device/segment_streams.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/settings.hpp"
+#include "tensorstream/stage_times.hpp"
 #include "tensorstream/tensor_checks.hpp"
 #include "tensorstream/thread_group.hpp"
 
@@ -104,6 +105,7 @@ class DeviceLoader::Run {
   uint64_t copies() const { return copies_; }
   uint64_t reads() const { return reads_; }
   double wait_seconds() const { return wait_seconds_; }
+  const StageTimes& times() const { return times_; }
 
  private:
   const tz::IndexEntry& entry(size_t req) const { return index_.entries[reqs_[req].entry]; }
@@ -176,12 +178,23 @@ class DeviceLoader::Run {
       const RingSegment& seg = turn.segments[p.op];
       uint8_t* sbase = base + seg.slot_offset;
       const size_t r = req_of(seg.tensor);
+      uint64_t hash_ns = 0, gate_ns = 0, check_ns = 0;
+      auto wait_turn = [&] {
+        ScopedNs timed(gate_ns);
+        gate(seg);
+      };
       auto hash = [&](uint64_t at, uint64_t len) {
         if (!verify_) return;
-        if (feeds[p.op].add(at, len, sbase, seg.length, *checks_[r].hasher, [&] { gate(seg); })) hashed(seg);
+        ScopedNs timed(hash_ns);
+        if (feeds[p.op].add(at, len, sbase, seg.length, *checks_[r].hasher, wait_turn)) hashed(seg);
       };
-      if (crypts[p.op]) crypts[p.op]->add(p.dst - sbase, p.length, sbase, hash, entry(r).name, L_.src_->name());
-      else hash(p.dst - sbase, p.length);
+      {
+        ScopedNs timed(check_ns);
+        if (crypts[p.op]) crypts[p.op]->add(p.dst - sbase, p.length, sbase, hash, entry(r).name, L_.src_->name());
+        else hash(p.dst - sbase, p.length);
+      }
+      times_.add(hash_ns - gate_ns, crypts[p.op] ? check_ns - hash_ns : 0);  // waiting for a turn is not hashing
+      L_.progress_.fetch_add(p.length, std::memory_order_relaxed);
     };
     try {
       engine.run(ops, on_chunk);
@@ -250,6 +263,7 @@ class DeviceLoader::Run {
   std::atomic<bool> failed_{false};
   uint64_t copies_ = 0, reads_ = 0;
   double wait_seconds_ = 0;
+  StageTimes times_;
 };
 
 DeviceLoader::DeviceLoader(std::shared_ptr<Source> src, const EngineOptions& engine, const RingOptions& ring,
@@ -299,6 +313,7 @@ std::vector<uint16_t> DeviceLoader::load_checked(const tz::Index& index, const s
                                                  bool verify) {
   const uint64_t held = stats_.ring_bytes;
   stats_ = DeviceLoadStats{};
+  progress_.store(0, std::memory_order_relaxed);
   stats_.ring_bytes = held;
   stats_.slot_turns.assign(ring_.slots, 0);
   digests_.clear();
@@ -330,6 +345,8 @@ std::vector<uint16_t> DeviceLoader::load_checked(const tz::Index& index, const s
   stats_.reads += run.reads();
   stats_.copies = run.copies();
   stats_.slot_wait_seconds = run.wait_seconds();
+  stats_.hash_seconds = run.times().hash_seconds();
+  stats_.decrypt_seconds = run.times().decrypt_seconds();
   for (const auto& r : reqs) stats_.bytes += r.nbytes;
   for (uint64_t n : stats_.slot_turns) stats_.turns += n;
   digests_ = digests_of(checks);

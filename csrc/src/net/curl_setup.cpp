@@ -41,20 +41,21 @@ bool parse_size(const std::string& s, uint64_t* out) {
   return true;
 }
 
-std::string xml_text(const std::string& body, const char* tag) {
+
+}  // namespace
+
+std::string xml_text(const std::string& body, const char* tag, size_t max) {
   const std::string open = std::string("<") + tag + ">", close = std::string("</") + tag + ">";
   size_t a = body.find(open);
   if (a == std::string::npos) return {};
   a += open.size();
   size_t b = body.find(close, a);
   if (b == std::string::npos) return {};
-  std::string v = body.substr(a, std::min<size_t>(b - a, 200));
+  std::string v = body.substr(a, std::min<size_t>(b - a, max));
   for (char& c : v)
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
   return v;
 }
-
-}  // namespace
 
 std::string printable(std::string s) {
   if (s.size() > 200) s.resize(200);

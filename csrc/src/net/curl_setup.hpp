@@ -60,6 +60,10 @@ CURLcode perform_bounded(CURL* e, Clock::time_point deadline, const CancelToken*
 // At most 200 characters of `s`, control characters replaced, for messages.
 std::string printable(std::string s);
 
+// The text of the first <tag>...</tag> in an XML error body (at most `max` characters, control
+// characters as spaces); empty when there is none.
+std::string xml_text(const std::string& body, const char* tag, size_t max = 200);
+
 // now + seconds; the far future for 0 (no limit).
 Clock::time_point deadline_after(double seconds);
 

@@ -43,19 +43,7 @@ curl_slist* signed_headers(const HttpOptions& o, const char* method, const std::
 }
 
 std::string describe_error_body(const std::string& body) {
-  auto element = [&](const char* tag) -> std::string {
-    const std::string open = std::string("<") + tag + ">", close = std::string("</") + tag + ">";
-    size_t a = body.find(open);
-    if (a == std::string::npos) return {};
-    a += open.size();
-    size_t b = body.find(close, a);
-    if (b == std::string::npos) return {};
-    std::string v = body.substr(a, std::min<size_t>(b - a, 300));
-    for (char& c : v)
-      if (static_cast<unsigned char>(c) < 0x20) c = ' ';
-    return v;
-  };
-  std::string code = element("Code"), message = element("Message");
+  std::string code = net::xml_text(body, "Code", 300), message = net::xml_text(body, "Message", 300);
   if (code.empty()) return {};
   return message.empty() ? code : code + ": " + message;
 }
@@ -377,10 +365,13 @@ std::string redact_url(const std::string& url) {
   return out;
 }
 
-void HttpSource::read_exact(uint64_t offset, void* dst, size_t n) const {
+void HttpSource::read_exact(uint64_t offset, void* dst, size_t n) const { read_exact(offset, dst, n, nullptr); }
+
+void HttpSource::read_exact(uint64_t offset, void* dst, size_t n, const CancelToken* cancel) const {
   if (offset > size_ || n > size_ - offset)
     throw FormatError("file ends before byte " + std::to_string(offset + n), "", "file_size");
   HttpEngine engine(*this, 8u << 20);
+  engine.set_cancel(cancel);
   engine.run({ReadOp{offset, n, static_cast<uint8_t*>(dst)}}, [](const Piece&) {});
 }
 

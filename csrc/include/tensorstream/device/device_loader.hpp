@@ -43,6 +43,8 @@ struct DeviceLoadStats {
   double header_seconds = 0, data_seconds = 0;
   double alloc_seconds = 0;      // allocating ring slots (pinned memory is slow to get)
   double slot_wait_seconds = 0;  // lanes waiting for a slot's copies to finish
+  // Busy time summed over lanes: hashing (not counting waits for a segment's turn), decrypting.
+  double hash_seconds = 0, decrypt_seconds = 0;
 };
 
 class DeviceLoader {
@@ -73,6 +75,8 @@ class DeviceLoader {
   void interrupt();
   void resume() { cancel_.resume(); }
   const DeviceLoadStats& stats() const { return stats_; }
+  // Data bytes read into the ring so far by the load in progress; readable from any thread.
+  uint64_t progress() const { return progress_.load(std::memory_order_relaxed); }
 
  private:
   class Run;
@@ -86,6 +90,7 @@ class DeviceLoader {
   std::vector<std::unique_ptr<ReadEngine>> engines_;  // one per lane
   std::vector<uint8_t*> slots_;
   DeviceLoadStats stats_;
+  std::atomic<uint64_t> progress_{0};
   crypto::KeySource keys_;
   std::vector<HeaderDigest> digests_;
   CancelToken cancel_;  // also stops the engines' runs

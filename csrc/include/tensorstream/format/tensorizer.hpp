@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tensorstream/format/crypt_info.hpp"
@@ -49,10 +50,17 @@ struct IndexEntry {
   uint64_t header_size() const { return data_offset - header_offset; }
 };
 
+// Which format the index was read from. Safetensors records have no per-tensor header (their
+// header_offset equals data_offset) and no hashes.
+enum class Format : uint8_t { kTensorizer, kSafetensors };
+
 struct Index {
   FileHeader header;
   uint64_t file_size = 0;
   std::vector<IndexEntry> entries;
+  Format format = Format::kTensorizer;
+  std::vector<std::pair<std::string, std::string>> metadata;  // safetensors' __metadata__, in file order
+  bool has_tensor_headers() const { return format == Format::kTensorizer; }
 };
 
 enum HashType : uint8_t { kCrc32 = 0, kSha256 = 1 };
@@ -119,8 +127,11 @@ void append_index_entry(std::vector<uint8_t>& out, const IndexEntry& e, bool tag
 
 namespace ts {
 class Source;
+class CancelToken;
 namespace tz {
 // Reads the file header and index (in one read for the usual 256 KiB index) and validates them.
-Index read_index(const Source& src);
+// `first` holds bytes already read from offset 0 (may be empty); `cancel` (may be null) stops a
+// read that waits (Cancelled).
+Index read_index(const Source& src, std::vector<uint8_t> first = {}, const CancelToken* cancel = nullptr);
 }  // namespace tz
 }  // namespace ts

@@ -1,5 +1,6 @@
 // Byte sources a load reads from: a local file or a block of memory.
 #pragma once
+#include "tensorstream/cancel.hpp"
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -17,6 +18,10 @@ class Source {
   virtual const uint8_t* memory() const { return nullptr; }  // memory sources only
   // Reads exactly n bytes at offset; throws IoError, or FormatError if the source ends first.
   virtual void read_exact(uint64_t offset, void* dst, size_t n) const = 0;
+  // The same, stopped (Cancelled) once `cancel` asks, where a read may wait long (the network).
+  virtual void read_exact(uint64_t offset, void* dst, size_t n, const CancelToken* cancel) const {
+    read_exact(offset, dst, n);
+  }
 };
 
 // A regular file: FIFOs, devices, sockets and /proc or /sys files are refused (IoError).

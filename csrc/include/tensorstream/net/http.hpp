@@ -37,6 +37,7 @@ class HttpSource final : public Source {
   uint64_t size() const override { return size_; }
   const std::string& name() const override { return display_; }
   void read_exact(uint64_t offset, void* dst, size_t n) const override;
+  void read_exact(uint64_t offset, void* dst, size_t n, const CancelToken* cancel) const override;
   const std::string& url() const { return url_; }
   const HttpOptions& options() const { return opts_; }
 

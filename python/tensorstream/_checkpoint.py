@@ -1,0 +1,182 @@
+"""Opening a checkpoint by content: one file (tensorizer or safetensors, told apart by the core
+from its first bytes), a ``*.safetensors.index.json`` naming shards, or a folder / URL prefix /
+``s3://`` prefix holding either.
+
+A prefix (a local folder, or a URI that ends with ``/`` or names nothing) is looked up in this
+order: ``model.safetensors.index.json``, ``model.safetensors``, ``model.tensors``; a local folder
+without them may hold exactly one ``*.safetensors.index.json``, else its ``*.safetensors`` files
+are the shards. Shard names in an index are plain relative names: a name that climbs out of the
+checkpoint (``..``), is absolute or carries a scheme is a FormatError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _mapped, _native, _sources
+from .errors import FormatError
+
+INDEX_SUFFIX = ".safetensors.index.json"
+_PREFIX_NAMES = ("model.safetensors.index.json", "model.safetensors", "model.tensors")
+_MAX_INDEX_JSON = 64 << 20  # an index.json names shards; a bigger one is not an index
+_REMOTE = ("http://", "https://", "s3://")
+
+
+@dataclass
+class Shard:
+    source: Any
+    index: Any
+    region: Any = None  # the file's private mapping, with zero_copy
+
+
+@dataclass
+class Opened:
+    """What a URI opened to: one shard for a single file, several for a sharded checkpoint."""
+
+    name: str
+    shards: list[Shard]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def open_checkpoint(obj: Any, *, zero_copy: bool = False) -> Opened:
+    """The shards of ``obj`` opened, each with its parsed index (FormatError, OSError as the core gives)."""
+    path = _as_location(obj)
+    if path is None:  # a file object, a descriptor or bytes: one file
+        return _single(obj, zero_copy)
+    if _is_prefix(path):
+        return _open_prefix(path, zero_copy)
+    try:
+        return _open_named(path, zero_copy)
+    except FileNotFoundError as missing:
+        if not path.lower().startswith(_REMOTE):
+            raise
+        try:
+            return _open_prefix(path + "/", zero_copy)  # a remote "folder" is no object of its own
+        except FileNotFoundError:
+            raise missing from None
+
+
+def _open_named(path: str, zero_copy: bool) -> Opened:
+    """A file that exists as named: a tensor file or an index.json."""
+    source, region = _open_file(path, zero_copy)
+    if _starts_like_json(source):
+        return _open_index_json(path, source, zero_copy)
+    return _opened(path, [_shard(source, region)])
+
+
+def _as_location(obj: Any) -> str | None:
+    if isinstance(obj, (str, os.PathLike)) or (isinstance(obj, bytes) and _sources._looks_like_path(obj)):
+        return os.fsdecode(obj)
+    return None
+
+
+def _is_prefix(path: str) -> bool:
+    if path.lower().startswith(_REMOTE):
+        return path.endswith("/")
+    return os.path.isdir(path)
+
+
+def _single(obj: Any, zero_copy: bool) -> Opened:
+    source, region = _mapped.open_local(obj) if zero_copy else (_sources.open_source(obj), None)
+    shard = _shard(source, region)
+    return _opened(source.name, [shard])
+
+
+def _open_file(path: str, zero_copy: bool) -> tuple[Any, Any]:
+    if zero_copy:
+        return _mapped.open_local(path)
+    return _sources.open_source(path), None
+
+
+def _shard(source: Any, region: Any) -> Shard:
+    return Shard(source, _native.read_index(source), region)
+
+
+def _opened(name: str, shards: list[Shard]) -> Opened:
+    metadata: dict[str, str] = {}
+    for s in shards:
+        metadata.update(s.index.metadata)
+    return Opened(name, shards, metadata)
+
+
+def _join(prefix: str, name: str) -> str:
+    if prefix.lower().startswith(_REMOTE):
+        return prefix.rstrip("/") + "/" + name
+    return os.path.join(prefix, name)
+
+
+def _open_prefix(prefix: str, zero_copy: bool) -> Opened:
+    if not prefix.lower().startswith(_REMOTE):
+        candidates = [n for n in _PREFIX_NAMES if os.path.isfile(os.path.join(prefix, n))]
+        if candidates:
+            return open_checkpoint(os.path.join(prefix, candidates[0]), zero_copy=zero_copy)
+        return _open_local_folder(prefix, zero_copy)
+    for name in _PREFIX_NAMES:
+        try:
+            return _open_named(_join(prefix, name), zero_copy)
+        except FileNotFoundError:
+            continue
+    raise FileNotFoundError(f"{prefix} holds none of {', '.join(_PREFIX_NAMES)}")
+
+
+def _open_local_folder(folder: str, zero_copy: bool) -> Opened:
+    names = sorted(os.listdir(folder))
+    indexes = [n for n in names if n.endswith(INDEX_SUFFIX)]
+    if len(indexes) == 1:
+        return open_checkpoint(os.path.join(folder, indexes[0]), zero_copy=zero_copy)
+    if len(indexes) > 1:
+        raise ValueError(f"{folder} holds several checkpoint indexes ({', '.join(indexes)}): name one")
+    files = [n for n in names if n.endswith(".safetensors")]
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no checkpoint ({', '.join(_PREFIX_NAMES)} or *.safetensors)")
+    return _opened(folder, [_shard(*_open_file(os.path.join(folder, n), zero_copy)) for n in files])
+
+
+def _starts_like_json(source: Any) -> bool:
+    """Whether a file starts with '{' (after whitespace): an index, not a tensor file."""
+    head = bytearray(min(source.size, 64))
+    source.read_into(0, head)
+    return bytes(head).lstrip(b" \t\r\n")[:1] == b"{"
+
+
+def _open_index_json(path: str, source: Any, zero_copy: bool) -> Opened:
+    shard_names = shard_names_of(_read_small(source), path)
+    base = posixpath.dirname(path) if path.lower().startswith(_REMOTE) else os.path.dirname(path)
+    return _opened(path, [_shard(*_open_file(_join(base, n), zero_copy)) for n in shard_names])
+
+
+def _read_small(source: Any) -> bytes:
+    if source.size > _MAX_INDEX_JSON:
+        raise FormatError(f"{source.name}: {source.size} bytes is too large for a checkpoint index", field="index")
+    buf = bytearray(source.size)
+    source.read_into(0, buf)
+    return bytes(buf)
+
+
+def shard_names_of(raw: bytes, label: str) -> list[str]:
+    """The shard files an index.json's ``weight_map`` names, in first-mention order."""
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FormatError(f"{label}: not a JSON checkpoint index ({exc})", field="index") from None
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise FormatError(f"{label}: a checkpoint index needs a non-empty 'weight_map' object", field="weight_map")
+    names: list[str] = []
+    for tensor, shard in weight_map.items():
+        if not isinstance(shard, str) or not _plain_relative(shard):
+            raise FormatError(f"{label}: tensor {tensor!r} maps to {shard!r}, not a file of the checkpoint",
+                              tensor=str(tensor), field="weight_map")
+        if shard not in names:
+            names.append(shard)
+    return names
+
+
+def _plain_relative(name: str) -> bool:
+    parts = name.split("/")
+    return bool(name) and "\\" not in name and ":" not in name and "\0" not in name and not name.startswith("/") \
+        and all(p not in ("", ".", "..") for p in parts)
