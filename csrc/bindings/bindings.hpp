@@ -10,4 +10,5 @@ void register_net(pybind11::module_& m);  // after register_format and register_
 void register_device(pybind11::module_& m);  // after register_format
 void register_crypto(pybind11::module_& m);  // after register_io and register_device: adds methods
 void register_digests(pybind11::module_& m);  // after register_io and register_device
+void register_settings(pybind11::module_& m);
 }  // namespace tsb

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "bindings.hpp"
+#include "nogil.hpp"
 #include "tensorstream/crypto.hpp"
 #include "tensorstream/device/device_loader.hpp"
 #include "tensorstream/loader.hpp"
@@ -74,7 +75,7 @@ void register_crypto(py::module_& m) {
         auto params = pwhash_from(salt, opslimit, memlimit);
         std::optional<ts::crypto::SecretKey> key;
         {
-          py::gil_scoped_release nogil;
+          release_gil nogil;
           key.emplace(ts::crypto::derive_key(pass.s, params));
         }
         return py::bytes(reinterpret_cast<const char*>(key->data()), ts::crypto::kKeyBytes);

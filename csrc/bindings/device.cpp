@@ -20,7 +20,7 @@ using Request = std::tuple<size_t, uintptr_t, uint64_t>;
 std::unique_ptr<ts::DeviceLoader> make_loader(std::shared_ptr<ts::Source> src, int device, const std::string& copier,
                                               const ts::RingOptions& ring_in, const ts::EngineOptions& engine,
                                               const ts::HostCopierOptions& host) {
-  py::gil_scoped_release nogil;  // the driver may take a while to start
+  release_gil nogil;  // the driver may take a while to start
   const ts::RingOptions ring = ring_in.resolved();
   auto c = ts::make_copier(copier, device, ring.streams, ring.slots, host);
   return std::make_unique<ts::DeviceLoader>(std::move(src), engine, ring, std::move(c));
@@ -120,7 +120,7 @@ void register_device(py::module_& m) {
 
   py::class_<PinnedBuffer>(m, "PinnedBuffer", py::buffer_protocol())
       .def(py::init([](size_t bytes, int device) {
-             py::gil_scoped_release nogil;
+             release_gil nogil;
              return std::make_unique<PinnedBuffer>(device, bytes);
            }),
            py::arg("bytes"), py::arg("device") = 0)
@@ -133,7 +133,7 @@ void register_device(py::module_& m) {
   m.def("cuda_driver", [] {
     ts::cuda::DriverInfo info;
     {
-      py::gil_scoped_release nogil;
+      release_gil nogil;
       info = ts::cuda::driver_info();
     }
     py::dict d;

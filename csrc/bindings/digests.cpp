@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings.hpp"
+#include "nogil.hpp"
 #include "tensorstream/device/device_loader.hpp"
 #include "tensorstream/loader.hpp"
 #include "tensorstream/tensor_checks.hpp"
@@ -32,7 +33,7 @@ void register_digests(py::module_& m) {
           "matches",
           [](const ts::HeaderDigest& self, uintptr_t address, uint64_t nbytes) {
             if (nbytes && !address) throw std::invalid_argument("null address for a non-empty tensor");
-            py::gil_scoped_release nogil;
+            release_gil nogil;
             return self.matches(reinterpret_cast<const void*>(address), static_cast<size_t>(nbytes));
           },
           py::arg("address"), py::arg("nbytes"),
@@ -42,7 +43,7 @@ void register_digests(py::module_& m) {
   m.def(
       "read_digests",
       [](const std::shared_ptr<ts::Source>& src, const ts::tz::Index& index, const std::vector<size_t>& entries) {
-        py::gil_scoped_release nogil;
+        release_gil nogil;
         return ts::read_digests(*src, index, entries);
       },
       py::arg("source"), py::arg("index"), py::arg("entries"),

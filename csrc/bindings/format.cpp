@@ -55,8 +55,8 @@ void register_format(py::module_& m) {
           "Fill a writable buffer with the bytes at offset; FormatError if the source ends first.")
       .def("__repr__", [](const ts::Source& s) { return "<tensorstream Source " + s.name() + ">"; });
   py::class_<ts::FileSource, ts::Source, std::shared_ptr<ts::FileSource>>(m, "FileSource")
-      .def(py::init<const std::string&>(), py::arg("path"), py::call_guard<py::gil_scoped_release>())
-      .def_static("from_fd", &ts::FileSource::from_fd, py::arg("fd"), py::call_guard<py::gil_scoped_release>());
+      .def(py::init<const std::string&>(), py::arg("path"), py::call_guard<release_gil>())
+      .def_static("from_fd", &ts::FileSource::from_fd, py::arg("fd"), py::call_guard<release_gil>());
   py::class_<ts::MemorySource, ts::Source, std::shared_ptr<ts::MemorySource>>(m, "MemorySource")
       .def(py::init(&memory_source), py::arg("buffer"));
 

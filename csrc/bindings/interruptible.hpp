@@ -3,11 +3,14 @@
 #pragma once
 #include <pybind11/pybind11.h>
 
+#include "nogil.hpp"
+
 #include <chrono>
 #include <condition_variable>
 #include <exception>
 #include <mutex>
 #include <optional>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -25,21 +28,19 @@ inline bool on_main_thread() {
 // Returns `work()`, run with the GIL released. On the main thread the work runs in a helper
 // thread while this one checks for signals every kSignalPoll; when a handler raises (Ctrl-C's
 // KeyboardInterrupt), `stop()` is called, the helper is joined (the work must then end quickly)
-// and the handler's exception is raised. Elsewhere the work runs in the calling thread.
+// and the handler's exception is raised. Elsewhere, or when the system refuses the helper thread,
+// the work runs in the calling thread.
 template <typename Work, typename Stop>
 auto call_interruptible(Work&& work, Stop&& stop) -> decltype(work()) {
-  if (!on_main_thread()) {
-    pybind11::gil_scoped_release nogil;
-    return work();
-  }
+  if (!on_main_thread()) return call_without_gil(std::forward<Work>(work));
   std::mutex mu;
   std::condition_variable cv;
   bool done = false, interrupted = false;
   std::optional<decltype(work())> result;
   std::exception_ptr error;
   {
-    pybind11::gil_scoped_release nogil;
-    std::thread helper([&] {
+    release_gil nogil;
+    auto run = [&] {
       try {
         result.emplace(work());
       } catch (...) {
@@ -48,7 +49,13 @@ auto call_interruptible(Work&& work, Stop&& stop) -> decltype(work()) {
       std::lock_guard<std::mutex> lock(mu);
       done = true;
       cv.notify_all();
-    });
+    };
+    std::thread helper;
+    try {
+      helper = std::thread(run);
+    } catch (const std::system_error&) {  // no thread to be had (a thread limit): run it here
+      run();
+    }
     for (;;) {
       {
         std::unique_lock<std::mutex> lock(mu);
@@ -61,7 +68,7 @@ auto call_interruptible(Work&& work, Stop&& stop) -> decltype(work()) {
         stop();
       }
     }
-    helper.join();
+    if (helper.joinable()) helper.join();
   }
   if (interrupted) throw pybind11::error_already_set();
   if (error) std::rethrow_exception(error);

@@ -106,13 +106,13 @@ void register_io(py::module_& m) {
           "write",
           [](ts::Writer& self, const std::vector<RecordTuple>& records) {
             auto recs = to_records(records);
-            py::gil_scoped_release nogil;
+            release_gil nogil;
             self.write(recs);
           },
           py::arg("records"))
-      .def("close", &ts::Writer::close, py::call_guard<py::gil_scoped_release>(),
+      .def("close", &ts::Writer::close, py::call_guard<release_gil>(),
            "Finish the file: for a streamed writer, send the prologue and complete the object.")
-      .def("abort", &ts::Writer::abort, py::call_guard<py::gil_scoped_release>(),
+      .def("abort", &ts::Writer::abort, py::call_guard<release_gil>(),
            "Abandon a streamed object (nothing is left behind); no effect on file writers.")
       .def_property_readonly("tensor_count", &ts::Writer::tensor_count)
       .def_property_readonly("tensor_size", &ts::Writer::tensor_size)

@@ -9,4 +9,5 @@ PYBIND11_MODULE(_core, m) {
   tsb::register_device(m);
   tsb::register_crypto(m);
   tsb::register_digests(m);
+  tsb::register_settings(m);
 }

@@ -79,7 +79,7 @@ void register_net(py::module_& m) {
       [](std::string url, std::shared_ptr<const ts::SigV4Signer> signer, std::string display, std::string ca_bundle,
          std::string ca_path, bool insecure, size_t part_bytes, unsigned parallel, unsigned threads) {
         auto o = options(std::move(signer), std::move(display), std::move(ca_bundle), std::move(ca_path), insecure);
-        py::gil_scoped_release nogil;
+        release_gil nogil;
         auto upload = std::make_unique<ts::MultipartUpload>(
             std::move(url), std::move(o), ts::tz::kFileHeaderSize + ts::tz::kWriterMetadataLen, part_bytes, parallel);
         return std::make_unique<ts::Writer>(std::move(upload), threads);
@@ -94,7 +94,7 @@ void register_net(py::module_& m) {
                        std::string ca_bundle, std::string ca_path, bool insecure, size_t part_bytes,
                        unsigned parallel) {
              auto o = options(std::move(signer), std::move(display), std::move(ca_bundle), std::move(ca_path), insecure);
-             py::gil_scoped_release nogil;
+             release_gil nogil;
              return std::make_shared<ts::MultipartUpload>(std::move(url), std::move(o), 0, part_bytes, parallel);
            }),
            py::arg("url"), py::kw_only(), py::arg("signer") = nullptr, py::arg("display") = "",
@@ -105,13 +105,13 @@ void register_net(py::module_& m) {
           "append",
           [](ts::MultipartUpload& u, py::buffer b) {
             py::buffer_info info = b.request();
-            py::gil_scoped_release nogil;
+            release_gil nogil;
             u.append(static_cast<const uint8_t*>(info.ptr), static_cast<size_t>(info.size * info.itemsize));
           },
           py::arg("data"))
       .def(
-          "finish", [](ts::MultipartUpload& u) { u.finish(nullptr, 0); }, py::call_guard<py::gil_scoped_release>())
-      .def("abort", &ts::MultipartUpload::abort, py::call_guard<py::gil_scoped_release>())
+          "finish", [](ts::MultipartUpload& u) { u.finish(nullptr, 0); }, py::call_guard<release_gil>())
+      .def("abort", &ts::MultipartUpload::abort, py::call_guard<release_gil>())
       .def_property_readonly("bytes_sent", &ts::MultipartUpload::bytes_sent)
       .def_property_readonly("parts_sent", &ts::MultipartUpload::parts_sent);
 }

@@ -12,7 +12,7 @@
 #include "tensorstream/hash.hpp"
 #include "tensorstream/stage_times.hpp"
 #include "tensorstream/tensor_checks.hpp"
-#include "tensorstream/thread_group.hpp"
+#include "tensorstream/runtime.hpp"
 
 namespace ts {
 
@@ -108,7 +108,7 @@ std::vector<uint16_t> Loader::check_checked(const tz::Index& index, const std::v
     std::atomic<size_t> next{0};
     std::exception_ptr error;
     std::mutex error_mu;
-    run_workers(std::min(order.size(), static_cast<size_t>(opts_.threads ? opts_.threads : default_threads())),
+    run_on_workers(std::min(order.size(), static_cast<size_t>(opts_.threads ? opts_.threads : default_threads())),
                 [&](size_t) {
                   for (size_t k; (k = next.fetch_add(1)) < order.size();) {
                     const size_t r = order[k];

@@ -14,7 +14,7 @@
 #include "tensorstream/errors.hpp"
 #include "tensorstream/hash.hpp"
 #include "tensorstream/io/engine.hpp"
-#include "tensorstream/thread_group.hpp"
+#include "tensorstream/runtime.hpp"
 
 namespace ts {
 
@@ -206,7 +206,7 @@ void Writer::hash_and_write(const std::vector<WriteRecord>& records, const std::
       }
     }
   };
-  run_workers(std::min<size_t>(threads_, order.size()), worker);
+  run_on_workers(std::min<size_t>(threads_, order.size()), worker);
   if (error) std::rethrow_exception(error);
 }
 
@@ -236,7 +236,7 @@ void Writer::hash_then_stream(const std::vector<WriteRecord>& records, const std
       }
     }
   };
-  run_workers(std::min<size_t>(threads_, records.size()), worker);
+  run_on_workers(std::min<size_t>(threads_, records.size()), worker);
   if (error) std::rethrow_exception(error);
   for (size_t i = 0; i < records.size(); ++i) {
     sink_->append(headers[i].bytes.data(), headers[i].bytes.size());

@@ -15,6 +15,8 @@ import torch
 from . import encryption, stream_io, utils
 from ._device import DeviceLike
 from ._native import core_features as _core_features
+from ._settings import configure, configured
+from ._settings import describe as _describe_settings
 from .errors import (
     AuthenticationError,
     CryptographyError,
@@ -63,6 +65,8 @@ __all__ = [
     "convert",
     "safetensors",
     "features",
+    "configure",
+    "configured",
     "utils",
     "stream_io",
     "encryption",
@@ -120,5 +124,13 @@ def _named_tensors(module: torch.nn.Module):
 
 
 def features() -> dict[str, Any]:
-    """What this build and machine support: io_uring (and why not), default engine, threads."""
-    return dict(_core_features())
+    """What this build and machine support: io_uring (and why not), default engine, threads.
+
+    ``settings`` maps each setting's keyword to its value in effect; ``settings_origin`` says
+    where each came from (``default``, ``environment`` or ``configure``).
+    """
+    out = dict(_core_features())
+    listed = _describe_settings()
+    out["settings"] = {s["key"]: s["value"] for s in listed}
+    out["settings_origin"] = {s["key"]: s["origin"] for s in listed}
+    return out

@@ -12,11 +12,12 @@ freed, the whole pages that lie inside its bytes are handed back to the kernel
 from __future__ import annotations
 
 import mmap
-import os
 import weakref
 from collections.abc import Sequence
 
 import torch
+
+from . import _settings
 
 HUGE_PAGE = 2 << 20
 PAGE = mmap.PAGESIZE
@@ -44,12 +45,7 @@ def huge_pages() -> bool:
     fresh memory advised for huge pages ran at half the speed of ordinary 4 KiB pages
     (see BENCHMARKS.md). Hosts where huge-page faults are cheap may gain by turning it on.
     """
-    value = os.environ.get("TENSORSTREAM_HUGE_PAGES", "0").strip().lower()
-    if value in ("1", "on", "true", "yes"):
-        return True
-    if value in ("", "0", "off", "false", "no"):
-        return False
-    raise ValueError(f"TENSORSTREAM_HUGE_PAGES must be 0 or 1 (or on/off), not {value!r}")
+    return bool(_settings.get("huge_pages"))
 
 
 def _region(size: int) -> tuple[mmap.mmap, int]:

@@ -6,6 +6,7 @@ shows up in one file.
 
 from __future__ import annotations
 
+import atexit
 from typing import Any
 
 try:
@@ -32,6 +33,12 @@ read_index = _core.read_index
 read_digests = _core.read_digests
 derive_key = _core.derive_key
 core_features = _core.features
+settings = _core.settings
+describe_settings = _core.describe_settings
+configure = _core.configure
+setting_overrides = _core.setting_overrides
+runtime_info = _core.runtime_info
+shutdown_runtime = _core.shutdown_runtime
 
 __all__ = [
     "FileSource",
@@ -49,6 +56,12 @@ __all__ = [
     "read_digests",
     "derive_key",
     "core_features",
+    "settings",
+    "describe_settings",
+    "configure",
+    "setting_overrides",
+    "runtime_info",
+    "shutdown_runtime",
 ]
 
 
@@ -75,3 +88,8 @@ class CoreWrapper:
     def progress(self) -> int:
         """Data bytes the running (or last) load has read so far."""
         return self.core.progress
+
+
+# The core's workers stop before the interpreter finalises: idle ones at once, one busy with a
+# load in a daemon thread after its current chunk, or left to the exit after a short wait.
+atexit.register(shutdown_runtime, 2.0)

@@ -13,20 +13,17 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-_ENV = "TENSORSTREAM_PROGRESS"
+from . import _settings
+
 _POLL_SECONDS = 0.1
 _PART_BYTES = 256 << 20  # with a bar, saves are written in parts of about this size
 
 
 def _setting() -> bool | None:
-    value = os.environ.get(_ENV, "").strip().lower()
-    if value in ("", "auto"):
+    value = _settings.get("progress")  # one of auto, 0/1, on/off, true/false, yes/no (checked there)
+    if value == "auto":
         return None
-    if value in ("0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    raise ValueError(f"{_ENV} must be 0 or 1 (or auto), not {value!r}")
+    return value in ("1", "true", "yes", "on")
 
 
 def wanted(progress: bool | None, *, default: bool = False) -> bool:

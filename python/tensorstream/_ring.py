@@ -12,13 +12,12 @@ by comma-separated ``key=value`` knobs of the stand-in (``delay_us``, ``fail_cop
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from . import _loading, _native
+from . import _loading, _native, _settings
 from .errors import CudaUnavailableError
 
 STANDIN_ENV = "TENSORSTREAM_DEVICE_STANDIN"
@@ -27,7 +26,7 @@ _KNOBS = {"delay_us": "copy_delay_us", "fail_copy_at": "fail_copy_at", "backgrou
 
 def standin() -> dict[str, Any] | None:
     """The host stand-in's options from the environment, or None when it is not asked for."""
-    raw = os.environ.get(STANDIN_ENV, "").strip()
+    raw = _settings.get("device_standin").strip()
     if not raw:
         return None
     kind, *knobs = [part.strip() for part in raw.split(",")]

@@ -28,7 +28,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _native
+from . import _native, _settings
 
 __all__ = ["S3Location", "resolve", "parse_uri", "TlsOptions"]
 
@@ -221,6 +221,7 @@ def resolve(
     env: dict[str, str] | None = None,
 ) -> S3Location:
     """Locate and authorise ``uri`` (see the module docstring for the order of the sources)."""
+    addressing = env.get("TENSORSTREAM_S3_ADDRESSING") if env is not None else _settings.get("s3_addressing")
     env = dict(os.environ) if env is None else env
     bucket, key = parse_uri(uri)
     explicit = _Found(s3_access_key_id, s3_secret_access_key, s3_session_token, s3_endpoint, s3_region_name)
@@ -253,7 +254,7 @@ def resolve(
     aws_default = endpoint is None
     base = _endpoint_url(endpoint or f"s3.{region}.amazonaws.com", use_https)
 
-    style = (env.get("TENSORSTREAM_S3_ADDRESSING") or aws.addressing or "auto").lower()
+    style = ((addressing if addressing != "auto" else None) or aws.addressing or "auto").lower()
     if style not in ("auto", "path", "virtual"):
         raise ValueError(f"TENSORSTREAM_S3_ADDRESSING must be auto, path or virtual, not {style!r}")
     if style == "auto":
@@ -273,24 +274,11 @@ def resolve(
     return S3Location(bucket, key, url, region, signer, tls, source if signed else "none (unsigned requests)")
 
 
-def _env_int(name: str, default: int, minimum: int) -> int:
-    raw = os.environ.get(name, "")
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, not {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}")
-    return value
-
-
 def part_bytes() -> int:
     """Multipart upload part size: ``TENSORSTREAM_S3_PART_MB`` (MiB, at least 5), default 16."""
-    return _env_int("TENSORSTREAM_S3_PART_MB", 16, 5) << 20
+    return int(_settings.get("s3_part_mb")) << 20
 
 
 def upload_concurrency() -> int:
     """Parts sent at once: ``TENSORSTREAM_S3_UPLOAD_CONCURRENCY``, default 8."""
-    return _env_int("TENSORSTREAM_S3_UPLOAD_CONCURRENCY", 8, 1)
+    return int(_settings.get("s3_upload_concurrency"))

@@ -2,8 +2,9 @@
 
 #include <dlfcn.h>
 
-#include <cstdlib>
 #include <mutex>
+
+#include "tensorstream/settings.hpp"
 
 namespace ts::cuda {
 
@@ -15,10 +16,7 @@ struct Loaded {
 };
 
 // The library to open: libcuda.so.1, or TENSORSTREAM_CUDA_LIBRARY (tests point it elsewhere).
-std::string library_name() {
-  const char* v = std::getenv("TENSORSTREAM_CUDA_LIBRARY");
-  return (v && *v) ? v : "libcuda.so.1";
-}
+std::string library_name() { return settings().cuda_library; }
 
 template <typename F>
 bool bind(void* lib, const char* symbol, F& slot, std::string& error) {

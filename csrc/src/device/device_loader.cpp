@@ -9,6 +9,7 @@
 #include "tensorstream/device/ring_plan.hpp"
 #include "tensorstream/device/segment_streams.hpp"
 #include "tensorstream/errors.hpp"
+#include "tensorstream/settings.hpp"
 #include "tensorstream/stage_times.hpp"
 #include "tensorstream/tensor_checks.hpp"
 #include "tensorstream/thread_group.hpp"
@@ -22,16 +23,6 @@ constexpr uint64_t kMiB = 1u << 20;
 constexpr uint64_t kMinSlot = 4096;
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-uint64_t env_count(const char* name, uint64_t fallback) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return fallback;
-  char* end = nullptr;
-  unsigned long long n = std::strtoull(v, &end, 10);
-  if (*end != '\0' || n == 0 || v[0] == '-')
-    throw std::invalid_argument(std::string(name) + " must be a positive integer, not '" + v + "'");
-  return n;
-}
 
 // Read chunks small enough that one slot keeps every read worker busy.
 size_t lane_chunk(uint64_t slot_bytes, size_t asked) {
@@ -47,16 +38,17 @@ struct Stopped : std::exception {
 }  // namespace
 
 RingOptions RingOptions::resolved() const {
+  const Settings s = settings();
   RingOptions r = *this;
-  if (!r.ring_bytes) r.ring_bytes = env_count("TENSORSTREAM_RING_MB", 256) * kMiB;
-  if (!r.slots) r.slots = static_cast<unsigned>(env_count("TENSORSTREAM_RING_SLOTS", 4));
+  if (!r.ring_bytes) r.ring_bytes = uint64_t{s.ring_mb} * kMiB;
+  if (!r.slots) r.slots = s.ring_slots;
   if (!r.slot_bytes) r.slot_bytes = r.ring_bytes / r.slots / kRingAlign * kRingAlign;
   if (r.slot_bytes < kMinSlot || r.slot_bytes % kRingAlign)
     throw std::invalid_argument("ring slots of " + std::to_string(r.slot_bytes) + " bytes: each slot needs at least " +
                                 std::to_string(kMinSlot) + " bytes, a multiple of " + std::to_string(kRingAlign));
   r.ring_bytes = r.slot_bytes * r.slots;
-  if (!r.streams) r.streams = static_cast<unsigned>(env_count("TENSORSTREAM_CUDA_STREAMS", std::min(r.slots, 4u)));
-  if (!r.lanes) r.lanes = static_cast<unsigned>(env_count("TENSORSTREAM_RING_LANES", 2));
+  if (!r.streams) r.streams = s.cuda_streams ? s.cuda_streams : std::min(r.slots, 4u);
+  if (!r.lanes) r.lanes = s.ring_lanes;
   r.lanes = std::min(r.lanes, r.slots);
   return r;
 }

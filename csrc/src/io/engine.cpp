@@ -1,8 +1,8 @@
 #include "tensorstream/io/engine.hpp"
 
-#include <cstdlib>
-#include <cstring>
 #include <thread>
+
+#include "tensorstream/settings.hpp"
 
 #ifdef TENSORSTREAM_WITH_CURL
 #include "tensorstream/net/http.hpp"
@@ -10,17 +10,8 @@
 
 namespace ts {
 
-namespace {
-constexpr size_t kDefaultChunk = 8u << 20;
-constexpr unsigned kDefaultDepth = 4;
-
-std::string env_or(const char* name, const std::string& fallback) {
-  const char* v = std::getenv(name);
-  return (v && *v) ? std::string(v) : fallback;
-}
-}  // namespace
-
 unsigned default_threads() {
+  if (unsigned asked = settings().threads) return asked;
   unsigned n = std::thread::hardware_concurrency();
   return n == 0 ? 2 : (n > 32 ? 32 : n);
 }
@@ -38,7 +29,8 @@ std::vector<Piece> cut_pieces(const std::vector<ReadOp>& ops, size_t chunk_bytes
 }
 
 std::unique_ptr<ReadEngine> make_engine(const Source& src, const EngineOptions& opts) {
-  size_t chunk = opts.chunk_bytes ? opts.chunk_bytes : kDefaultChunk;
+  const Settings set = settings();
+  size_t chunk = opts.chunk_bytes ? opts.chunk_bytes : size_t{set.chunk_mb} << 20;
   unsigned threads = opts.threads ? opts.threads : default_threads();
 #ifdef TENSORSTREAM_WITH_CURL
   if (const auto* http = dynamic_cast<const HttpSource*>(&src)) return make_http_engine(*http, chunk);
@@ -46,14 +38,14 @@ std::unique_ptr<ReadEngine> make_engine(const Source& src, const EngineOptions& 
   if (src.fd() < 0) return make_posix_engine(src, threads, chunk);  // memory: parallel memcpy
 
   std::string backend = opts.backend;
-  if (backend == "auto") backend = env_or("TENSORSTREAM_IO_BACKEND", "auto");
+  if (backend == "auto") backend = set.io_backend;
   if (backend != "auto" && backend != "uring" && backend != "posix")
     throw std::invalid_argument("unknown I/O backend '" + backend + "' (expected auto, uring or posix)");
   if (backend == "posix") return make_posix_engine(src, threads, chunk);
   std::string why;
   if (uring_available(&why)) {
-    unsigned depth = opts.queue_depth ? opts.queue_depth : kDefaultDepth;
-    return make_uring_engine(src, threads, depth, chunk);
+    unsigned depth = opts.queue_depth ? opts.queue_depth : set.queue_depth;
+    return make_uring_engine(src, threads, depth, chunk, set.uring_async);
   }
   if (backend == "uring") throw std::runtime_error("io_uring was asked for but is unavailable: " + why);
   return make_posix_engine(src, threads, chunk);

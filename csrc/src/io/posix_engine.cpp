@@ -7,7 +7,7 @@
 
 #include "tensorstream/errors.hpp"
 #include "tensorstream/io/engine.hpp"
-#include "tensorstream/thread_group.hpp"
+#include "tensorstream/runtime.hpp"
 
 namespace ts {
 
@@ -40,7 +40,7 @@ class PosixEngine final : public ReadEngine {
       }
     };
     size_t n = pieces.size() < threads_ ? pieces.size() : threads_;
-    run_workers(n, worker);
+    run_on_workers(n, worker);
     if (error) std::rethrow_exception(error);
   }
 

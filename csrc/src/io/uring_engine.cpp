@@ -8,20 +8,24 @@
 // where up to `depth` reads per worker stay in flight. TENSORSTREAM_URING_ASYNC=1 queues every
 // read on the ring with IOSQE_ASYNC instead (for comparison).
 #include <liburing.h>
+#include <pthread.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <thread>
 
 #include "tensorstream/errors.hpp"
 #include "tensorstream/io/engine.hpp"
-#include "tensorstream/thread_group.hpp"
+#include "tensorstream/runtime.hpp"
 
 namespace ts {
 
@@ -31,23 +35,67 @@ constexpr uint64_t kMaxSqeBytes = uint64_t{1} << 30;
 
 class Ring {
  public:
-  explicit Ring(unsigned depth) {
+  explicit Ring(unsigned depth) : depth_(depth) {
     int rc = io_uring_queue_init(depth, &ring_, 0);
     if (rc < 0) throw IoError(-rc, "io_uring_queue_init failed", "");
+    count_ring_made();
   }
-  ~Ring() { io_uring_queue_exit(&ring_); }
+  ~Ring() {
+    io_uring_queue_exit(&ring_);
+    count_ring_gone();
+  }
   Ring(const Ring&) = delete;
   Ring& operator=(const Ring&) = delete;
   io_uring* get() { return &ring_; }
+  // Whether this thread may use it for `depth` reads: made for that depth, in this process (a
+  // child of fork() shares the parent's ring memory, so it makes its own).
+  bool fits(unsigned depth) const { return depth_ == depth && pid_ == ::getpid(); }
+  unsigned depth() const { return depth_; }
 
  private:
   io_uring ring_;
+  unsigned depth_;
+  pid_t pid_ = ::getpid();
 };
 
-bool async_flag_wanted() {
-  const char* v = std::getenv("TENSORSTREAM_URING_ASYNC");
-  return v && std::strcmp(v, "1") == 0;
-}
+// Rings kept for the process: a worker borrows one for a run and gives it back, so rings are set
+// up once (as many as run at once), not per load, whichever thread (a runtime worker, or a
+// caller's thread) runs. A child of fork() drops the parent's rings and makes its own.
+class RingPool {
+ public:
+  static RingPool& get() {
+    static RingPool* pool = [] {
+      auto* made = new RingPool;  // never destroyed: loads may run while the process exits
+      pthread_atfork(nullptr, nullptr, [] { get().mu_ = new (get().mu_) std::mutex; });
+      return made;
+    }();
+    return *pool;
+  }
+
+  std::unique_ptr<Ring> take(unsigned depth) {
+    {
+      std::lock_guard<std::mutex> lock(*mu_);
+      for (auto it = free_.begin(); it != free_.end(); ++it) {
+        if (!(*it)->fits(depth)) continue;
+        std::unique_ptr<Ring> ring = std::move(*it);
+        free_.erase(it);
+        return ring;
+      }
+    }
+    return std::make_unique<Ring>(depth);
+  }
+
+  void give_back(std::unique_ptr<Ring> ring) {
+    std::lock_guard<std::mutex> lock(*mu_);
+    free_.erase(std::remove_if(free_.begin(), free_.end(), [](const auto& r) { return !r->fits(r->depth()); }),
+                free_.end());
+    free_.push_back(std::move(ring));
+  }
+
+ private:
+  std::mutex* mu_ = new std::mutex;
+  std::vector<std::unique_ptr<Ring>> free_;
+};
 
 // State shared by the workers of one run.
 struct Shared {
@@ -77,8 +125,12 @@ struct Shared {
 class Worker {
  public:
   Worker(Shared& s, int fd, unsigned depth, bool async)
-      : s_(s), fd_(fd), depth_(depth), async_(async), ring_(depth), left_(depth), slot_piece_(depth) {
+      : s_(s), fd_(fd), depth_(depth), async_(async), owned_(RingPool::get().take(depth)), ring_(*owned_), left_(depth), slot_piece_(depth) {
     for (unsigned i = 0; i < depth; ++i) free_.push_back(i);
+  }
+  // The ring goes back for the next run, unless it broke or was left with reads in flight.
+  ~Worker() {
+    if (in_flight_ == 0 && !broken_) RingPool::get().give_back(std::move(owned_));
   }
 
   // Keeps up to `depth` pieces in flight until none are left, a worker failed or the run was
@@ -153,6 +205,7 @@ class Worker {
       io_uring_cqe* first;
       if (io_uring_wait_cqe(ring, &first) < 0) {
         in_flight_ = 0;  // the ring itself is broken: nothing more will arrive
+        broken_ = true;
         return;
       }
     }
@@ -192,7 +245,9 @@ class Worker {
   int fd_;
   unsigned depth_;
   bool async_;
-  Ring ring_;
+  std::unique_ptr<Ring> owned_;
+  Ring& ring_;
+  bool broken_ = false;
   std::vector<Piece> left_;         // what each slot's piece still has to read
   std::vector<size_t> slot_piece_;  // which piece each slot holds
   std::vector<unsigned> free_;
@@ -201,8 +256,8 @@ class Worker {
 
 class UringEngine final : public ReadEngine {
  public:
-  UringEngine(const Source& src, unsigned threads, unsigned depth, size_t chunk)
-      : src_(src), threads_(threads), depth_(depth), chunk_(chunk), async_(async_flag_wanted()) {}
+  UringEngine(const Source& src, unsigned threads, unsigned depth, size_t chunk, bool async)
+      : src_(src), threads_(threads), depth_(depth), chunk_(chunk), async_(async) {}
   const char* name() const override { return "io_uring"; }
 
   void run(const std::vector<ReadOp>& ops, const ChunkDone& done) override {
@@ -216,7 +271,7 @@ class UringEngine final : public ReadEngine {
       }
     };
     size_t n = std::min<size_t>(threads_, pieces.size());
-    run_workers(n, work);
+    run_on_workers(n, work);
     queued_ = shared.queued;
     if (shared.error) std::rethrow_exception(shared.error);
   }
@@ -232,8 +287,9 @@ class UringEngine final : public ReadEngine {
 
 }  // namespace
 
-std::unique_ptr<ReadEngine> make_uring_engine(const Source& src, unsigned threads, unsigned depth, size_t chunk) {
-  return std::make_unique<UringEngine>(src, threads ? threads : 1, depth ? depth : 1, chunk);
+std::unique_ptr<ReadEngine> make_uring_engine(const Source& src, unsigned threads, unsigned depth, size_t chunk,
+                                              bool async) {
+  return std::make_unique<UringEngine>(src, threads ? threads : 1, depth ? depth : 1, chunk, async);
 }
 
 bool uring_available(std::string* why) {

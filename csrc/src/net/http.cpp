@@ -16,6 +16,7 @@
 
 #include "curl_setup.hpp"
 #include "tensorstream/errors.hpp"
+#include "tensorstream/settings.hpp"
 #include "tensorstream/thread_group.hpp"
 
 namespace ts {
@@ -23,15 +24,6 @@ namespace ts {
 namespace {
 
 using net::Clock;
-
-double env_number(const char* name, double fallback) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return fallback;
-  char* end = nullptr;
-  double d = std::strtod(v, &end);
-  if (end == v || *end || d < 0) throw std::invalid_argument(std::string(name) + " must be a non-negative number");
-  return d;
-}
 
 }  // namespace
 
@@ -353,13 +345,13 @@ class HttpEngine final : public ReadEngine {
 }  // namespace
 
 HttpOptions HttpOptions::from_env() {
+  const Settings s = settings();
   HttpOptions o;
-  o.connections = static_cast<unsigned>(env_number("TENSORSTREAM_HTTP_CONNECTIONS", o.connections));
-  if (o.connections == 0) throw std::invalid_argument("TENSORSTREAM_HTTP_CONNECTIONS must be at least 1");
-  o.retries = static_cast<unsigned>(env_number("TENSORSTREAM_HTTP_RETRIES", o.retries));
-  o.timeout_s = env_number("TENSORSTREAM_HTTP_TIMEOUT", o.timeout_s);
-  o.deadline_s = env_number("TENSORSTREAM_HTTP_DEADLINE", o.deadline_s);
-  o.open_timeout_s = env_number("TENSORSTREAM_HTTP_OPEN_TIMEOUT", o.open_timeout_s);
+  o.connections = s.http_connections;
+  o.retries = s.http_retries;
+  o.timeout_s = s.http_timeout;
+  o.deadline_s = s.http_deadline;
+  o.open_timeout_s = s.http_open_timeout;
   return o;
 }
 

@@ -44,9 +44,9 @@ class ReadFailure : public std::runtime_error {
 
 struct EngineOptions {
   std::string backend = "auto";  // auto | uring | posix
-  unsigned threads = 0;          // 0: one per hardware thread (read workers, hashing)
-  size_t chunk_bytes = 0;        // 0: default
-  unsigned queue_depth = 0;      // 0: default; reads in flight per io_uring worker
+  unsigned threads = 0;          // 0: default_threads() (read workers, hashing)
+  size_t chunk_bytes = 0;        // 0: TENSORSTREAM_CHUNK_MB
+  unsigned queue_depth = 0;      // 0: TENSORSTREAM_QUEUE_DEPTH; reads in flight per io_uring worker
 };
 
 class ReadEngine {
@@ -72,6 +72,7 @@ std::unique_ptr<ReadEngine> make_engine(const Source& src, const EngineOptions& 
 
 // Whether io_uring can be set up here, and if not, why.
 bool uring_available(std::string* why);
+// Read workers: TENSORSTREAM_THREADS, else one per hardware thread (at most 32).
 unsigned default_threads();
 
 std::vector<Piece> cut_pieces(const std::vector<ReadOp>& ops, size_t chunk_bytes);
@@ -79,6 +80,6 @@ std::vector<Piece> cut_pieces(const std::vector<ReadOp>& ops, size_t chunk_bytes
 // Engines, built by make_engine.
 std::unique_ptr<ReadEngine> make_posix_engine(const Source& src, unsigned threads, size_t chunk_bytes);
 std::unique_ptr<ReadEngine> make_uring_engine(const Source& src, unsigned threads, unsigned depth,
-                                              size_t chunk_bytes);
+                                              size_t chunk_bytes, bool async_reads = false);
 
 }  // namespace ts

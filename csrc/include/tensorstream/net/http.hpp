@@ -25,7 +25,7 @@ struct HttpOptions {
   bool insecure = false;      // skip certificate checks (testing only)
   std::shared_ptr<const SigV4Signer> signer;  // signs every request (S3); null: unsigned
   std::string display;        // how messages name the resource (e.g. s3://bucket/key); empty: the URL
-  // Fills unset fields from TENSORSTREAM_HTTP_* environment variables.
+  // The TENSORSTREAM_HTTP_* settings (see settings.hpp).
   static HttpOptions from_env();
 };
 
