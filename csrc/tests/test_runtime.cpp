@@ -52,9 +52,15 @@ TEST(a_worker_error_reaches_the_caller_after_every_started_call) {
 }
 
 TEST(calls_from_a_worker_do_not_wait_for_themselves) {
-  std::atomic<int> inner{0};
-  run_on_workers(4, [&](size_t) { run_on_workers(4, [&](size_t) { ++inner; }); });
-  CHECK(inner >= 4);  // each outer call ran at least its own inner share
+  // Returning at all is the test: an inner call made on a worker must not wait for a worker.
+  // Outer calls a busy pool never started are withdrawn, so count the ones that ran.
+  std::atomic<int> outer{0}, inner{0};
+  run_on_workers(4, [&](size_t) {
+    ++outer;
+    run_on_workers(4, [&](size_t) { ++inner; });
+  });
+  CHECK(outer >= 1);
+  CHECK(inner >= outer);  // each outer call ran at least its own inner share
 }
 
 TEST(settings_come_from_the_environment_and_code) {
