@@ -125,8 +125,24 @@ print("leaving")
 """
 
 
-@pytest.mark.parametrize("script", ["import sys, tensorstream; tensorstream.load(sys.argv[1]); print('leaving')",
-                                    EXIT_DURING_LOAD], ids=["idle", "mid-load"])
+# Python ends a daemon thread that is inside a core call with a forced unwind at exit; pybind11
+# rethrows it from `catch (abi::__forced_unwind&)`, which UBSan reports as a reference bound to a
+# null pointer (the unwind has no exception object). That report is about pybind11's handler,
+# so the sanitizer pass skips this one case; the regular run checks it.
+_UNDER_UBSAN = "UBSAN_OPTIONS" in os.environ
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "import sys, tensorstream; tensorstream.load(sys.argv[1]); print('leaving')",
+        pytest.param(
+            EXIT_DURING_LOAD,
+            marks=pytest.mark.skipif(_UNDER_UBSAN, reason="UBSan reports pybind11's forced-unwind handler"),
+        ),
+    ],
+    ids=["idle", "mid-load"],
+)
 def test_the_interpreter_exits_cleanly(model, script):
     path, _ = model
     done = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, timeout=60)
