@@ -11,6 +11,12 @@
 
 namespace py = pybind11;
 
+namespace {
+// Whether a read from `s` may wait on something outside this machine (the network), so that
+// Ctrl-C must be able to stop it; files and memory answer at once.
+bool may_wait(const ts::Source& s) { return s.fd() < 0 && s.memory() == nullptr; }
+}  // namespace
+
 namespace tsb {
 
 namespace {
@@ -43,13 +49,17 @@ void register_format(py::module_& m) {
           [](const ts::Source& s, uint64_t offset, py::buffer b) {
             py::buffer_info info = b.request(true);
             size_t n = static_cast<size_t>(info.size * info.itemsize);
-            ts::CancelToken stop;  // Ctrl-C stops a remote read (HttpStreamFile.read)
-            call_interruptible(
-                [&] {
-                  s.read_exact(offset, info.ptr, n, &stop);
-                  return true;
-                },
-                [&] { stop.interrupt(); });
+            ts::CancelToken stop;
+            auto read = [&] {
+              s.read_exact(offset, info.ptr, n, &stop);
+              return true;
+            };
+            if (!may_wait(s)) {  // files and memory: no helper thread per call (slices read many)
+              release_gil nogil;
+              read();
+              return;
+            }
+            call_interruptible(read, [&] { stop.interrupt(); });  // Ctrl-C stops a remote read
           },
           py::arg("offset"), py::arg("buffer"),
           "Fill a writable buffer with the bytes at offset; FormatError if the source ends first.")

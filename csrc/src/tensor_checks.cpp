@@ -131,10 +131,10 @@ std::vector<HeaderDigest> read_digests(const Source& src, const tz::Index& index
   return out;
 }
 
-std::vector<HeaderDigest> digests_of(const std::vector<TensorCheck>& checks) {
+std::vector<HeaderDigest> digests_of(std::vector<TensorCheck>& checks) {
   std::vector<HeaderDigest> out;
   out.reserve(checks.size());
-  for (const auto& c : checks) out.push_back(c.digest);
+  for (auto& c : checks) out.push_back(std::move(c.digest));
   return out;
 }
 

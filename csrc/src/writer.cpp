@@ -22,16 +22,9 @@ namespace {
 
 constexpr uint64_t kWriteBlock = 1u << 20;  // hashed then written while it is in cache
 
-uint64_t index_bytes(const std::vector<tz::IndexEntry>& entries, bool tagged) {
+std::vector<uint8_t> encode_entries(const std::vector<tz::IndexEntry>& entries, bool tagged) {
   std::vector<uint8_t> out;
   for (const auto& e : entries) tz::append_index_entry(out, e, tagged);
-  return out.size();
-}
-
-// The encoded index entries from `first` on.
-std::vector<uint8_t> encode_entries(const std::vector<tz::IndexEntry>& entries, size_t first, bool tagged) {
-  std::vector<uint8_t> out;
-  for (size_t i = first; i < entries.size(); ++i) tz::append_index_entry(out, entries[i], tagged);
   return out;
 }
 
@@ -137,8 +130,9 @@ void Writer::write(const std::vector<WriteRecord>& records) {
   // The index size so far is kept, so that many small writes cost no more than one large one;
   // it is counted again only when the entries' encoding changes (the first long shape).
   const bool recode = versioned != versioned_;
-  const uint64_t before = recode ? index_bytes(entries_, versioned) : index_bytes_;
-  const uint64_t index_after = before + index_bytes(added, versioned);
+  const uint64_t before = recode ? encode_entries(entries_, versioned).size() : index_bytes_;
+  const std::vector<uint8_t> added_bytes = encode_entries(added, versioned);  // checked, then written
+  const uint64_t index_after = before + added_bytes.size();
   if (index_after > tz::kWriterMetadataLen)
     throw std::length_error("too many tensors: the index would exceed its " +
                             std::to_string(tz::kWriterMetadataLen) + " bytes");
@@ -154,7 +148,7 @@ void Writer::write(const std::vector<WriteRecord>& records) {
     hash_and_write(records, added, headers, crypts);
   }
 
-  const size_t first = entries_.size();
+  const bool whole = recode || entries_.empty();
   entries_.insert(entries_.end(), std::make_move_iterator(added.begin()), std::make_move_iterator(added.end()));
   index_bytes_ = index_after;
   header_.version = version;
@@ -162,7 +156,7 @@ void Writer::write(const std::vector<WriteRecord>& records) {
   header_.tensor_size += data_bytes;
   header_.tensor_count = entries_.size();
   next_ = pos;
-  if (!sink_) commit_prologue(first, recode);
+  if (!sink_) commit_prologue(added_bytes, whole);
 }
 
 void Writer::hash_and_write(const std::vector<WriteRecord>& records, const std::vector<tz::IndexEntry>& added,
@@ -257,16 +251,15 @@ void Writer::set_encryption(const crypto::SecretKey& key, const std::optional<cr
   header_.feature_flags |= tz::kFlagEncrypted;
 }
 
-void Writer::commit_prologue(size_t first, bool whole) {
+void Writer::commit_prologue(const std::vector<uint8_t>& tail, bool whole) {
   const uint64_t zero = 0;
   pwrite_all(&zero, sizeof zero, next_);  // terminator; the next record overwrites it
-  if (whole || first == 0) {
+  if (whole) {
     std::vector<uint8_t> head = prologue();
     pwrite_all(head.data(), head.size(), 0);
     return;
   }
   // Only what changed: the new entries after the old ones, then the file header.
-  std::vector<uint8_t> tail = encode_entries(entries_, first, versioned_);
   pwrite_all(tail.data(), tail.size(), tz::kFileHeaderSize + index_bytes_ - tail.size());
   if (versioned_) header_.feature_flags |= tz::kFlagVersionedHeaders;
   std::vector<uint8_t> head = tz::build_file_header(header_);

@@ -39,7 +39,6 @@ class Opened:
 
     name: str
     shards: list[Shard]
-    metadata: dict[str, str] = field(default_factory=dict)
 
 
 def open_checkpoint(obj: Any, *, zero_copy: bool = False) -> Opened:
@@ -65,7 +64,7 @@ def _open_named(path: str, zero_copy: bool) -> Opened:
     source, region = _open_file(path, zero_copy)
     if _starts_like_json(source):
         return _open_index_json(path, source, zero_copy)
-    return _opened(path, [_shard(source, region)])
+    return Opened(path, [_shard(source, region)])
 
 
 def _as_location(obj: Any) -> str | None:
@@ -81,12 +80,11 @@ def _is_prefix(path: str) -> bool:
 
 
 def _single(obj: Any, zero_copy: bool) -> Opened:
-    source, region = _mapped.open_local(obj) if zero_copy else (_sources.open_source(obj), None)
-    shard = _shard(source, region)
-    return _opened(source.name, [shard])
+    source, region = _open_file(obj, zero_copy)
+    return Opened(source.name, [_shard(source, region)])
 
 
-def _open_file(path: str, zero_copy: bool) -> tuple[Any, Any]:
+def _open_file(path: Any, zero_copy: bool) -> tuple[Any, Any]:
     if zero_copy:
         return _mapped.open_local(path)
     return _sources.open_source(path), None
@@ -94,13 +92,6 @@ def _open_file(path: str, zero_copy: bool) -> tuple[Any, Any]:
 
 def _shard(source: Any, region: Any) -> Shard:
     return Shard(source, _native.read_index(source), region)
-
-
-def _opened(name: str, shards: list[Shard]) -> Opened:
-    metadata: dict[str, str] = {}
-    for s in shards:
-        metadata.update(s.index.metadata)
-    return Opened(name, shards, metadata)
 
 
 def _join(prefix: str, name: str) -> str:
@@ -133,7 +124,7 @@ def _open_local_folder(folder: str, zero_copy: bool) -> Opened:
     files = [n for n in names if n.endswith(".safetensors")]
     if not files:
         raise FileNotFoundError(f"{folder} holds no checkpoint ({', '.join(_PREFIX_NAMES)} or *.safetensors)")
-    return _opened(folder, [_shard(*_open_file(os.path.join(folder, n), zero_copy)) for n in files])
+    return Opened(folder, [_shard(*_open_file(os.path.join(folder, n), zero_copy)) for n in files])
 
 
 def _starts_like_json(source: Any) -> bool:
@@ -146,7 +137,7 @@ def _starts_like_json(source: Any) -> bool:
 def _open_index_json(path: str, source: Any, zero_copy: bool) -> Opened:
     shard_names = shard_names_of(_read_small(source), path)
     base = posixpath.dirname(path) if path.lower().startswith(_REMOTE) else os.path.dirname(path)
-    return _opened(path, [_shard(*_open_file(_join(base, n), zero_copy)) for n in shard_names])
+    return Opened(path, [_shard(*_open_file(_join(base, n), zero_copy)) for n in shard_names])
 
 
 def _read_small(source: Any) -> bytes:

@@ -93,6 +93,11 @@ class ShardedLoader:
     def cancelled(self) -> bool:
         return any(loader.cancelled for loader in self.parts)
 
+    @property
+    def progress(self) -> int:
+        """Data bytes the shards' running (or last) loads have read so far."""
+        return sum(loader.progress for loader in self.parts)
+
 
 def load(
     loader: ShardedLoader, index: ShardedIndex, records: Sequence[_loading.Record], verify_hash: bool, *, pooled: bool

@@ -10,6 +10,7 @@ than ``MAX_RUNS``). ``load_file(uri, device=...)`` is ``safetensors.torch.load_f
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -156,7 +157,7 @@ def _read(source: Any, offset: int, rec: Any, ranges: list[range]) -> torch.Tens
         return _read_rows(source, offset, rec, ranges, strides)
     view = out.numpy()
     at = 0
-    for starts in _product(outer):
+    for starts in itertools.product(*outer):
         pos = offset + sum(s * strides[d] for d, s in enumerate(starts))
         if whole_k:
             pos += ranges[k].start * strides[k]
@@ -174,11 +175,3 @@ def _read_rows(source: Any, offset: int, rec: Any, ranges: list[range], strides:
     index = (slice(0, last - first, ranges[0].step), *(slice(r.start, r.stop, r.step) for r in ranges[1:]))
     return rows[index].contiguous().view(torch.uint8).reshape(-1)
 
-
-def _product(ranges: list[range]):
-    if not ranges:
-        yield ()
-        return
-    for head in ranges[0]:
-        for tail in _product(ranges[1:]):
-            yield (head, *tail)

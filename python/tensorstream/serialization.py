@@ -638,13 +638,14 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self.total_bytes_read += nbytes
         seconds = time.perf_counter() - start
         load = _stats.LoadStats.of_load(stats, tensors=len(records), seconds=seconds, verified=verify_hash,
-                                        encrypted=self._index.encrypted, on_device=self._load is _ring.load)
+                                        encrypted=self._index.encrypted, on_device=_ring.wanted(self._device))
         self.stats.add(load)
-        logger.info(
-            "loaded %d tensors, %.1f MB in %.3f s (%.2f GB/s) from %s with %s%s (%s)",
-            len(records), nbytes / 1e6, seconds, nbytes / max(seconds, 1e-9) / 1e9,
-            name, self._backend, ", hashes verified" if verify_hash else "", load.summary(),
-        )
+        if logger.isEnabledFor(logging.INFO):  # lazy accesses load often: no summary nobody reads
+            logger.info(
+                "loaded %d tensors, %.1f MB in %.3f s (%.2f GB/s) from %s with %s%s (%s)",
+                len(records), nbytes / 1e6, seconds, nbytes / max(seconds, 1e-9) / 1e9,
+                name, self._backend, ", hashes verified" if verify_hash else "", load.summary(),
+            )
         for rec in records:
             self._cache[rec.path] = self._finish(loaded[rec.pos])
 

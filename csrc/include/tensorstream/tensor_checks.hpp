@@ -42,7 +42,8 @@ std::vector<TensorCheck> read_headers(ReadEngine& engine, const Source& src, con
 // The digests of the tensors at index positions `entries`, one small read per header from `src`.
 std::vector<HeaderDigest> read_digests(const Source& src, const tz::Index& index, const std::vector<size_t>& entries);
 // The digests of a load's checks, in request order.
-std::vector<HeaderDigest> digests_of(const std::vector<TensorCheck>& checks);
+// The digests are moved out of `checks`, which keep their headers.
+std::vector<HeaderDigest> digests_of(std::vector<TensorCheck>& checks);
 
 // Throws HashMismatchError naming `name` and the `file` (or URL) if the hasher disagrees with
 // the stored hashes.

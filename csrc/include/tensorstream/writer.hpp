@@ -50,9 +50,9 @@ class Writer {
 
  private:
   void pwrite_all(const void* data, size_t n, uint64_t offset) const;
-  // Makes the file valid after a write: the file header, and the index entries from `first` on
-  // (all of them when the entries' encoding changed).
-  void commit_prologue(size_t first, bool whole);
+  // Makes the file valid after a write: the file header, and `tail` (the new entries, encoded)
+  // after the old ones, or the whole index when `whole` (the first write, or a new encoding).
+  void commit_prologue(const std::vector<uint8_t>& tail, bool whole);
   std::vector<uint8_t> prologue();
   // `crypts`: each record's crypt-info block when encrypting (MACs filled in here), else empty.
   void hash_and_write(const std::vector<WriteRecord>& records, const std::vector<tz::IndexEntry>& added,

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from ..convert import convert, format_of
+from ..encryption import KEY_BYTES
 from . import _common
 
 CHOICES = ["safetensors", "tensors", "torch"]
@@ -76,7 +77,7 @@ def _size(text: str) -> int:
 def _new_key(path: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(os.urandom(32))
+        f.write(os.urandom(KEY_BYTES))
 
 
 def _text(d: dict[str, Any]) -> str:
