@@ -80,6 +80,7 @@ def _trim() -> None:
 
 
 def usage() -> Usage:
+    _core.close_idle_connections()  # connections kept per host for later loads are not leaks
     gc.collect()
     _trim()
     tasks, fds = len(os.listdir("/proc/self/task")), len(os.listdir("/proc/self/fd"))

@@ -20,7 +20,7 @@ def _settings():
 
 def test_defaults_environment_and_code_in_that_order(monkeypatch):
     monkeypatch.delenv("TENSORSTREAM_HTTP_CONNECTIONS", raising=False)
-    assert _settings()["http_connections"] == 32
+    assert _settings()["http_connections"] == 0  # auto: ramped per host
     assert tensorstream.features()["settings_origin"]["http_connections"] == "default"
     monkeypatch.setenv("TENSORSTREAM_HTTP_CONNECTIONS", "7")
     assert _settings()["http_connections"] == 7
@@ -49,7 +49,7 @@ def test_configured_restores_what_was_there():
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("TENSORSTREAM_HTTP_CONNECTIONS", "0"), ("TENSORSTREAM_HTTP_TIMEOUT", "-1"), ("TENSORSTREAM_RING_MB", "lots"),
+    [("TENSORSTREAM_HTTP_CONNECTIONS", "-3"), ("TENSORSTREAM_HTTP_TIMEOUT", "-1"), ("TENSORSTREAM_RING_MB", "lots"),
      ("TENSORSTREAM_IO_BACKEND", "carrier-pigeon"), ("TENSORSTREAM_S3_PART_MB", "4"), ("TENSORSTREAM_THREADS", "1.5")],
 )
 def test_a_bad_environment_value_is_named(monkeypatch, variable, value):
@@ -60,7 +60,7 @@ def test_a_bad_environment_value_is_named(monkeypatch, variable, value):
 
 def test_a_bad_keyword_or_value_changes_nothing():
     with pytest.raises(ValueError, match="http_connections"):
-        tensorstream.configure(http_retries=1, http_connections=0)
+        tensorstream.configure(http_retries=1, http_connections=-1)
     with pytest.raises(ValueError, match="no_such_thing"):
         tensorstream.configure(no_such_thing=1)
     with pytest.raises(ValueError, match="io_backend"):

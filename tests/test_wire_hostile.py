@@ -26,7 +26,7 @@ import torch
 import tensorstream
 from _http_servers import self_signed_certificate
 from _wire_server import WireServer, open_fds, os_threads
-from tensorstream import HashMismatchError, NetworkError, TensorDeserializer, _core, _s3, stream_io
+from tensorstream import HashMismatchError, NetworkError, TensorDeserializer, _core, _native, _s3, stream_io
 
 pytestmark = pytest.mark.skipif(getattr(_core, "HttpSource", None) is None, reason="built without libcurl")
 
@@ -70,10 +70,12 @@ def _guard(wire, elsewhere, monkeypatch):
     faulthandler.dump_traceback_later(60, exit=True)
     wire.reset()
     elsewhere.reset()
+    _native.close_idle_connections()  # connections kept for later loads are not leaks
     fds, threads, tasks = open_fds(), threading.active_count(), os_threads()
     yield
     faulthandler.cancel_dump_traceback_later()
     assert elsewhere.connections == 0, f"requests reached another host: {elsewhere.requests}"
+    _native.close_idle_connections()
     end = time.monotonic() + 3
     while (open_fds(), threading.active_count(), os_threads()) > (fds, threads, tasks) and time.monotonic() < end:
         time.sleep(0.05)  # the servers' connection threads end once the client hangs up

@@ -7,7 +7,9 @@
 #include "tensorstream/errors.hpp"
 #include "tensorstream/format/safetensors.hpp"
 #include "tensorstream/format/tensorizer.hpp"
+#include "tensorstream/io/engine.hpp"
 #include "tensorstream/io/source.hpp"
+#include "tensorstream/tensor_checks.hpp"
 
 namespace py = pybind11;
 
@@ -63,6 +65,39 @@ void register_format(py::module_& m) {
           },
           py::arg("offset"), py::arg("buffer"),
           "Fill a writable buffer with the bytes at offset; FormatError if the source ends first.")
+      .def(
+          "read_many",
+          [](const ts::Source& s, const std::vector<std::pair<uint64_t, py::buffer>>& ranges) {
+            std::vector<ts::ReadOp> ops;
+            std::vector<py::buffer_info> views;  // held until the run ends
+            for (const auto& [offset, b] : ranges) {
+              views.push_back(b.request(true));
+              const auto n = static_cast<uint64_t>(views.back().size * views.back().itemsize);
+              if (offset > s.size() || n > s.size() - offset)
+                throw ts::FormatError("file ends before byte " + std::to_string(offset + n), "", "file_size");
+              ops.push_back({offset, n, static_cast<uint8_t*>(views.back().ptr)});
+            }
+            ts::CancelToken stop;
+            auto read = [&] {
+              auto engine = ts::make_engine(s, ts::EngineOptions{});
+              engine->set_cancel(&stop);
+              try {
+                engine->run(ops, [](const ts::Piece&) {});
+              } catch (const ts::ReadFailure& f) {
+                ts::rethrow_read(f, "", s, "range");
+              }
+              return true;
+            };
+            if (!may_wait(s)) {
+              release_gil nogil;
+              read();
+              return;
+            }
+            call_interruptible(read, [&] { stop.interrupt(); });
+          },
+          py::arg("ranges"),
+          "Fill every (offset, writable buffer) pair in one engine run: parallel reads for files, "
+          "parallel range requests over the host's kept connections for URLs.")
       .def("__repr__", [](const ts::Source& s) { return "<tensorstream Source " + s.name() + ">"; });
   py::class_<ts::FileSource, ts::Source, std::shared_ptr<ts::FileSource>>(m, "FileSource")
       .def(py::init<const std::string&>(), py::arg("path"), py::call_guard<release_gil>())

@@ -72,7 +72,30 @@ void register_net(py::module_& m) {
                                        [&] { stop.interrupt(); });
            }),
            py::arg("url"), py::kw_only(), py::arg("signer") = nullptr, py::arg("display") = "",
-           py::arg("ca_bundle") = "", py::arg("ca_path") = "", py::arg("insecure") = false);
+           py::arg("ca_bundle") = "", py::arg("ca_path") = "", py::arg("insecure") = false)
+      .def_property_readonly("etag", &ts::HttpSource::etag, "The ETag the size probe's reply gave (\"\" if none).")
+      .def_property_readonly("last_modified", &ts::HttpSource::last_modified,
+                             "The Last-Modified the size probe's reply gave (\"\" if none).");
+
+  m.def(
+      "host_concurrency",
+      [] {
+        py::list out;
+        for (const auto& h : ts::host_concurrency()) {
+          py::dict d;
+          d["host"] = h.host;
+          d["connections"] = h.connections;
+          d["settled"] = h.settled;
+          d["fixed"] = h.fixed;
+          d["measured"] = h.measured;
+          out.append(d);
+        }
+        return out;
+      },
+      "Range requests in flight per host: the level in use, whether the ramp settled, and the "
+      "bytes/s measured at each level tried.");
+  m.def("close_idle_connections", &ts::close_idle_connections, py::call_guard<release_gil>(),
+        "Close the connections kept for later loads; returns the connection sets made so far.");
 
   m.def(
       "multipart_writer",

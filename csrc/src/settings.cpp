@@ -90,7 +90,7 @@ const std::vector<Field>& fields() {
       uint_field("chunk_mb", "TENSORSTREAM_CHUNK_MB", &Settings::chunk_mb, 1, 1024),
       uint_field("queue_depth", "TENSORSTREAM_QUEUE_DEPTH", &Settings::queue_depth, 1, 4096),
       bool_field("uring_async", "TENSORSTREAM_URING_ASYNC", &Settings::uring_async),
-      uint_field("http_connections", "TENSORSTREAM_HTTP_CONNECTIONS", &Settings::http_connections, 1, 1024),
+      uint_field("http_connections", "TENSORSTREAM_HTTP_CONNECTIONS", &Settings::http_connections, 0, 1024),
       uint_field("http_retries", "TENSORSTREAM_HTTP_RETRIES", &Settings::http_retries, 0, 1000),
       seconds_field("http_timeout", "TENSORSTREAM_HTTP_TIMEOUT", &Settings::http_timeout),
       seconds_field("http_deadline", "TENSORSTREAM_HTTP_DEADLINE", &Settings::http_deadline),

@@ -38,9 +38,13 @@ describe_settings = _core.describe_settings
 configure = _core.configure
 setting_overrides = _core.setting_overrides
 runtime_info = _core.runtime_info
+host_concurrency = getattr(_core, "host_concurrency", lambda: [])
+close_idle_connections = getattr(_core, "close_idle_connections", lambda: 0)
 shutdown_runtime = _core.shutdown_runtime
 
 __all__ = [
+    "host_concurrency",
+    "close_idle_connections",
     "FileSource",
     "MemorySource",
     "HttpSource",

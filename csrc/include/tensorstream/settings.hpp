@@ -17,7 +17,7 @@ struct Settings {
   unsigned chunk_mb = 8;            // TENSORSTREAM_CHUNK_MB: file read chunk
   unsigned queue_depth = 4;         // TENSORSTREAM_QUEUE_DEPTH: reads in flight per io_uring worker
   bool uring_async = false;         // TENSORSTREAM_URING_ASYNC: queue every read with IOSQE_ASYNC
-  unsigned http_connections = 32;   // TENSORSTREAM_HTTP_CONNECTIONS
+  unsigned http_connections = 0;    // TENSORSTREAM_HTTP_CONNECTIONS: requests in flight per host; 0: auto
   unsigned http_retries = 5;        // TENSORSTREAM_HTTP_RETRIES
   double http_timeout = 30;         // TENSORSTREAM_HTTP_TIMEOUT (seconds)
   double http_deadline = 0;         // TENSORSTREAM_HTTP_DEADLINE (seconds; 0: none)

@@ -102,6 +102,8 @@ void ReplyHeaders::note(const char* data, size_t len) {
   if (header_value(data, len, "content-range", &v)) content_range = v;
   else if (header_value(data, len, "location", &v)) location = v;
   else if (header_value(data, len, "x-amz-bucket-region", &v)) bucket_region = v;
+  else if (header_value(data, len, "etag", &v)) etag = printable(v);
+  else if (header_value(data, len, "last-modified", &v)) last_modified = printable(v);
 }
 
 bool keep_error_body(std::string& body, const char* data, size_t len) {
@@ -157,23 +159,24 @@ bool transient(CURLcode rc, long status) {
   }
 }
 
-CURLcode perform_bounded(CURL* e, Clock::time_point deadline, const CancelToken* cancel) {
-  std::unique_ptr<CURLM, CURLMcode (*)(CURLM*)> multi(curl_multi_init(), curl_multi_cleanup);
+CURLcode perform_bounded(CURL* e, Clock::time_point deadline, const CancelToken* cancel, CURLM* multi) {
+  std::unique_ptr<CURLM, CURLMcode (*)(CURLM*)> own(multi ? nullptr : curl_multi_init(), curl_multi_cleanup);
+  if (!multi) multi = own.get();
   if (!multi) throw std::runtime_error("curl_multi_init failed");
-  curl_multi_add_handle(multi.get(), e);
+  curl_multi_add_handle(multi, e);
   struct Detach {  // the handle leaves the multi however the loop ends
     CURLM* m;
     CURL* e;
     ~Detach() { curl_multi_remove_handle(m, e); }
-  } detach{multi.get(), e};
+  } detach{multi, e};
   for (;;) {
     if (cancel && cancel->requested()) throw Cancelled("request cancelled");
     if (Clock::now() >= deadline) return CURLE_OPERATION_TIMEDOUT;
     int running = 0, msgs = 0;
-    curl_multi_perform(multi.get(), &running);
-    while (CURLMsg* m = curl_multi_info_read(multi.get(), &msgs))
-      if (m->msg == CURLMSG_DONE) return m->data.result;
-    curl_multi_poll(multi.get(), nullptr, 0, 50, nullptr);
+    curl_multi_perform(multi, &running);
+    while (CURLMsg* m = curl_multi_info_read(multi, &msgs))
+      if (m->msg == CURLMSG_DONE && m->easy_handle == e) return m->data.result;
+    curl_multi_poll(multi, nullptr, 0, 50, nullptr);
   }
 }
 

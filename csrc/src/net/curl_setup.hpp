@@ -33,7 +33,7 @@ void set_common_options(CURL* e, const HttpOptions& o, const std::string& url);
 // The reply headers the core reads. note() takes one raw header line; a new status line (after
 // a redirect) clears what the previous reply said.
 struct ReplyHeaders {
-  std::string content_range, location, bucket_region;
+  std::string content_range, location, bucket_region, etag, last_modified;
   void note(const char* data, size_t len);
 };
 
@@ -54,8 +54,9 @@ bool parse_content_range(const std::string& value, uint64_t* total, uint64_t* st
 bool transient(CURLcode rc, long status);
 
 // curl_easy_perform that stops at `deadline` (CURLE_OPERATION_TIMEDOUT) and, within 50 ms, when
-// `cancel` asks (throws Cancelled).
-CURLcode perform_bounded(CURL* e, Clock::time_point deadline, const CancelToken* cancel);
+// `cancel` asks (throws Cancelled). With `multi`, the request runs on that multi-handle (and its
+// kept connections) instead of a fresh one.
+CURLcode perform_bounded(CURL* e, Clock::time_point deadline, const CancelToken* cancel, CURLM* multi = nullptr);
 
 // At most 200 characters of `s`, control characters replaced, for messages.
 std::string printable(std::string s);

@@ -15,6 +15,8 @@
 #include <vector>
 
 #include "curl_setup.hpp"
+#include "lanes.hpp"
+#include "ramp.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/settings.hpp"
 #include "tensorstream/thread_group.hpp"
@@ -63,7 +65,9 @@ struct Transfer {
   uint64_t got = 0;  // bytes of the piece received so far, over all attempts
   uint64_t want_from = 0;  // the offset this attempt asked for
   bool bad_range = false, overflow = false, resized = false;
+  bool running = false;  // holds one of the host's request slots
   unsigned attempts = 0;
+  net::HostState* host = nullptr;  // counts the bytes that arrive
   char range[64];
 };
 
@@ -98,31 +102,35 @@ size_t on_body(char* data, size_t size, size_t n, void* user) {
   }
   std::memcpy(t->dst + t->got, data, len);
   t->got += len;
+  t->host->add_bytes(len);
   return len;
 }
 
 class HttpEngine final : public ReadEngine {
  public:
-  HttpEngine(const HttpSource& src, size_t chunk) : src_(src), chunk_(chunk) {}
+  HttpEngine(const HttpSource& src, size_t chunk)
+      : src_(src), chunk_(chunk), key_(net::host_key(src.url(), src.options())), host_(net::host_state(key_)) {}
   const char* name() const override { return "http"; }
 
-  // Several threads, each with its own multi-handle and share of the connections, take ranges
-  // from a shared counter: copying the bodies into the destinations uses every core.
+  // Several threads, each with a multi-handle borrowed from the host's kept connections, take
+  // ranges from a shared counter (copying the bodies into the destinations uses every core);
+  // how many requests are in flight at once is the host's to decide (ramp.hpp).
   void run(const std::vector<ReadOp>& ops, const ChunkDone& done) override {
     const std::vector<Piece> pieces = cut_pieces(ops, chunk_);
     if (pieces.empty()) return;
-    const HttpOptions& o = src_.options();
-    std::lock_guard<std::mutex> one_run(run_mu_);  // lanes are used by one run at a time
-    if (lanes_.empty()) {
-      size_t threads = std::min<size_t>(default_threads(), std::max(1u, o.connections));
-      size_t per_thread = (std::max(1u, o.connections) + threads - 1) / threads;
-      for (size_t t = 0; t < threads; ++t) lanes_.push_back(std::make_unique<Lane>(per_thread));
-    }
-    const size_t threads = std::min(lanes_.size(), pieces.size());
+    const unsigned fixed = src_.options().connections;  // 0: auto
+    const size_t most = fixed ? fixed : net::HostState::kMax;
+    const size_t threads = std::min({static_cast<size_t>(default_threads()), most, pieces.size()});
+    net::LaneLease lanes = net::borrow_lanes(key_, threads, (most + threads - 1) / threads);
+    struct Running {  // the host counts this run while it lasts
+      net::HostState& h;
+      Running(net::HostState& host, unsigned fixed) : h(host) { h.begin_run(fixed); }
+      ~Running() { h.end_run(); }
+    } running(host_, fixed);
     Shared shared{pieces, done, {}, {}, {}, {}};
     auto work = [&](size_t lane) {
       try {
-        worker(shared, *lanes_[lane]);
+        worker(shared, lanes[lane]);
       } catch (...) {
         std::lock_guard<std::mutex> lock(shared.mu);
         if (!shared.error) shared.error = std::current_exception();
@@ -134,35 +142,6 @@ class HttpEngine final : public ReadEngine {
   }
 
  private:
-  struct Multi {
-    Multi() : m(curl_multi_init()) {
-      if (!m) throw std::runtime_error("curl_multi_init failed");
-    }
-    ~Multi() { curl_multi_cleanup(m); }
-    CURLM* get() { return m; }
-    CURLM* m;
-  };
-
-  // One thread's multi-handle and easy handles, kept from run to run so that later loads through
-  // the same loader (lazy accesses, the data after the headers) reuse the open connections.
-  struct Lane {
-    explicit Lane(size_t connections) : slots(std::max<size_t>(1, connections)) {
-      for (auto& t : slots) {
-        t.easy = curl_easy_init();
-        if (!t.easy) throw std::runtime_error("curl_easy_init failed");
-      }
-    }
-    ~Lane() {
-      for (auto& t : slots) {
-        curl_easy_cleanup(t.easy);
-        curl_slist_free_all(t.headers);
-      }
-    }
-    Lane(const Lane&) = delete;
-    Lane& operator=(const Lane&) = delete;
-    std::vector<Transfer> slots;
-    Multi multi;  // destroyed before the easy handles, which it no longer holds
-  };
   struct Shared {
     const std::vector<Piece>& pieces;
     const ChunkDone& done;
@@ -172,14 +151,25 @@ class HttpEngine final : public ReadEngine {
     std::exception_ptr error;
   };
 
-  void worker(Shared& sh, Lane& lane) {
+  // The transfers of one lane for one run, on the lane's easy handles.
+  struct Slots {
+    explicit Slots(net::Lane& lane) : all(lane.handles().size()) {
+      for (size_t i = 0; i < all.size(); ++i) all[i].easy = lane.handles()[i];
+    }
+    ~Slots() {
+      for (auto& t : all) curl_slist_free_all(t.headers);
+    }
+    std::vector<Transfer> all;
+  };
+
+  void worker(Shared& sh, net::Lane& lane) {
     const std::vector<Piece>& pieces = sh.pieces;
     const ChunkDone& done = sh.done;
     const HttpOptions& o = src_.options();
-    Multi& multi = lane.multi;
-    std::vector<Transfer>& slots = lane.slots;
+    CURLM* multi = lane.multi();
+    Slots slots(lane);
     std::vector<Transfer*> idle;
-    for (auto& t : slots) idle.push_back(&t);
+    for (auto& t : slots.all) idle.push_back(&t);
     struct Retry {
       Clock::time_point at;
       Transfer state;
@@ -189,58 +179,78 @@ class HttpEngine final : public ReadEngine {
     const auto deadline = net::deadline_after(o.deadline_s);
     std::mt19937 rng(std::random_device{}());
     auto cleanup = [&] {  // removing a handle that is not in the multi is a harmless no-op
-      for (auto& t : slots) curl_multi_remove_handle(multi.get(), t.easy);
+      for (auto& t : slots.all) {
+        if (t.running) host_.finished();
+        t.running = false;
+        curl_multi_remove_handle(multi, t.easy);
+      }
     };
     try {
       for (;;) {
         // Checked at least every 100 ms (the longest wait below); the catch removes the handles.
         if (cancel_requested()) throw Cancelled("read cancelled");
-        // Start what can start: due retries first, then new pieces.
+        host_.tick();
+        // Start what can start (while the host has room): due retries first, then new pieces.
+        bool blocked = false;
         while (!idle.empty()) {
           Transfer* t = idle.back();
-          if (!retries.empty() && retries.front().at <= Clock::now()) {
+          const bool retry_due = !retries.empty() && retries.front().at <= Clock::now();
+          const bool more = !sh.failed && sh.next.load() < pieces.size();
+          if (!retry_due && !more) {
+            if (host_.has_room()) host_.starved();
+            break;
+          }
+          if (!host_.try_start()) {
+            blocked = true;
+            break;
+          }
+          if (retry_due) {
             reuse_slot(*t, retries.front().state);
             retries.pop_front();
-          } else if (size_t i; !sh.failed && (i = sh.next.fetch_add(1)) < pieces.size()) {
+          } else if (size_t i = sh.next.fetch_add(1); i < pieces.size()) {
             reuse_slot(*t, Transfer{});
             t->piece = i;
             t->offset = pieces[i].offset;
             t->length = pieces[i].length;
             t->dst = pieces[i].dst;
           } else {
-            break;
+            host_.finished();  // another lane took the last piece
+            continue;
           }
           idle.pop_back();
-          start(multi.get(), *t);
+          t->running = true;
+          start(multi, *t);
           ++active;
         }
-        if (active == 0 && retries.empty()) break;  // nothing running, nothing left to take
+        if (active == 0 && retries.empty() && !blocked) break;  // nothing running, nothing left to take
         if (sh.failed) throw std::runtime_error("another range failed");  // replaced by that error
         if (Clock::now() > deadline)
           throw NetworkError("GET " + src_.name() + ": deadline of " + std::to_string(o.deadline_s) +
                                  " s exceeded",
                              src_.name(), 0, 0);
         int running = 0;
-        curl_multi_perform(multi.get(), &running);
+        curl_multi_perform(multi, &running);
         int msgs = 0;
         bool finished_any = false;
-        while (CURLMsg* m = curl_multi_info_read(multi.get(), &msgs)) {
+        while (CURLMsg* m = curl_multi_info_read(multi, &msgs)) {
           if (m->msg != CURLMSG_DONE) continue;
           Transfer* t = nullptr;
           curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, reinterpret_cast<char**>(&t));
-          curl_multi_remove_handle(multi.get(), t->easy);
+          curl_multi_remove_handle(multi, t->easy);
           --active;
+          t->running = false;
+          host_.finished();
           finish(*t, m->data.result, done, pieces, retries, rng);
           idle.push_back(t);
           finished_any = true;
         }
         if (finished_any) continue;  // start the next ranges before waiting
-        int wait_ms = 100;
+        int wait_ms = blocked ? 5 : 100;  // blocked: the host's room may free up in another lane
         if (active == 0 && !retries.empty()) {
           auto left = std::chrono::duration_cast<std::chrono::milliseconds>(retries.front().at - Clock::now());
-          wait_ms = static_cast<int>(std::clamp<long long>(left.count(), 0, 100));
+          wait_ms = static_cast<int>(std::clamp<long long>(left.count(), 0, wait_ms));
         }
-        curl_multi_poll(multi.get(), nullptr, 0, wait_ms, nullptr);
+        curl_multi_poll(multi, nullptr, 0, wait_ms, nullptr);
       }
     } catch (...) {
       cleanup();  // removing a handle stops its transfer: nothing writes after this
@@ -248,8 +258,6 @@ class HttpEngine final : public ReadEngine {
     }
     cleanup();
   }
-
-
 
   // A slot takes over a transfer's state and keeps its own curl handle and header list.
   static void reuse_slot(Transfer& slot, const Transfer& state) {
@@ -269,6 +277,7 @@ class HttpEngine final : public ReadEngine {
     t.error_body.clear();
     t.reply = {};
     t.total = src_.size();
+    t.host = &host_;
     curl_slist_free_all(t.headers);
     t.headers = signed_headers(o, "GET", src_.url(), SigV4Signer::kUnsignedPayload, nullptr);
     if (t.headers) curl_easy_setopt(e, CURLOPT_HTTPHEADER, t.headers);
@@ -338,8 +347,8 @@ class HttpEngine final : public ReadEngine {
 
   const HttpSource& src_;
   size_t chunk_;
-  std::mutex run_mu_;
-  std::vector<std::unique_ptr<Lane>> lanes_;
+  const std::string key_;
+  net::HostState& host_;
 };
 
 }  // namespace
@@ -377,6 +386,17 @@ void HttpSource::read_exact(uint64_t offset, void* dst, size_t n, const CancelTo
 
 std::unique_ptr<ReadEngine> make_http_engine(const HttpSource& src, size_t chunk_bytes) {
   return std::make_unique<HttpEngine>(src, chunk_bytes);
+}
+
+std::vector<HostConcurrency> host_concurrency() {
+  std::vector<HostConcurrency> out;
+  for (const auto& r : net::ramp_reports()) out.push_back({r.host, r.connections, r.settled, r.fixed, r.measured});
+  return out;
+}
+
+size_t close_idle_connections() {
+  net::close_idle_connections();
+  return net::lanes_made();
 }
 
 }  // namespace ts

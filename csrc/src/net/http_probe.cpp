@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "curl_setup.hpp"
+#include "lanes.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/net/http.hpp"
 
@@ -24,7 +25,8 @@ bool end_of_headers(const char* data, size_t len) {
   return len <= 2 && (len == 0 || data[0] == '\r' || data[0] == '\n');
 }
 
-// Stops at the end of a 206's headers: the size is known and the body is not needed (a server
+// At the end of a 206's headers the size is known. A one-byte body is read (so that the
+// connection stays open for the index and the data); a longer one is not waited for (a server
 // that stalls after its headers then costs nothing here).
 size_t on_header(char* data, size_t size, size_t n, void* user) {
   size_t len = size * n;
@@ -34,7 +36,10 @@ size_t on_header(char* data, size_t size, size_t n, void* user) {
   long code = 0;
   curl_easy_getinfo(p->easy, CURLINFO_RESPONSE_CODE, &code);
   p->have_size = code == 206 && !p->reply.content_range.empty();
-  return p->have_size ? 0 : len;
+  if (!p->have_size) return len;
+  curl_off_t body = -1;
+  curl_easy_getinfo(p->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &body);
+  return body == 1 ? len : 0;
 }
 
 // Keeps the start of an error body and stops there; any other body ends the request.
@@ -77,6 +82,8 @@ HttpSource::HttpSource(std::string url, HttpOptions opts, const CancelToken* can
   CURL* e = easy.get();
   const double limit = open_limit_s(opts_);
   const auto deadline = net::deadline_after(limit);
+  // The probe's connection stays with the host's kept lanes, for the index and the data after it.
+  net::LaneLease lane = net::borrow_lanes(net::host_key(url_, opts_), 1, 1);
   Probe probe;
   probe.easy = e;
   long status = 0;
@@ -95,10 +102,11 @@ HttpSource::HttpSource(std::string url, HttpOptions opts, const CancelToken* can
     if (headers) curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers.get());
     net::set_common_options(e, opts_, url_);
     probe = Probe{e, {}, {}, false};
-    rc = net::perform_bounded(e, deadline, cancel);
+    rc = net::perform_bounded(e, deadline, cancel, lane[0].multi());
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
     const bool stopped_on_purpose = probe.have_size || (status >= 300 && probe.error_body.size() >= net::kErrorBodyBytes);
     if (rc == CURLE_WRITE_ERROR && stopped_on_purpose) rc = CURLE_OK;
+    if (probe.have_size && rc != CURLE_OK && rc != CURLE_WRITE_ERROR) rc = CURLE_OK;  // the size came; the byte after it is not needed
     if (net::Clock::now() >= deadline || attempts > opts_.retries || !net::transient(rc, status)) break;
     double delay = std::min(2.0, 0.05 * static_cast<double>(1u << std::min(attempts - 1, 7u)));
     pause_until(std::min(deadline, net::deadline_after(delay)), cancel);
@@ -124,6 +132,8 @@ HttpSource::HttpSource(std::string url, HttpOptions opts, const CancelToken* can
                 : std::string(curl_easy_strerror(rc)));
   }
   if (rc != CURLE_OK) fail(std::string(curl_easy_strerror(rc)) + " (HTTP 206, in its headers)");
+  etag_ = probe.reply.etag;
+  last_modified_ = probe.reply.last_modified;
   if (!net::parse_content_range(probe.reply.content_range, &size_))
     fail("no usable size in the reply's Content-Range (" + net::printable(probe.reply.content_range) +
          "; at most 256 TiB)");

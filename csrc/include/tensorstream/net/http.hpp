@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "tensorstream/cancel.hpp"
 #include "tensorstream/io/engine.hpp"
@@ -15,7 +17,7 @@ struct curl_slist;
 namespace ts {
 
 struct HttpOptions {
-  unsigned connections = 32;  // range requests in flight (object stores cap each stream)
+  unsigned connections = 0;   // range requests in flight per host; 0: ramped up per host (auto)
   unsigned retries = 5;       // further attempts per range after the first
   double timeout_s = 30;      // seconds under 1 KiB/s (or without a connection) before a retry
   double deadline_s = 0;      // overall seconds for one run or request; 0: none
@@ -40,14 +42,31 @@ class HttpSource final : public Source {
   void read_exact(uint64_t offset, void* dst, size_t n, const CancelToken* cancel) const override;
   const std::string& url() const { return url_; }
   const HttpOptions& options() const { return opts_; }
+  // What the reply to the size probe said of the resource ("" when the server sent nothing).
+  const std::string& etag() const { return etag_; }
+  const std::string& last_modified() const { return last_modified_; }
 
  private:
-  std::string url_, display_;
+  std::string url_, display_, etag_, last_modified_;
   HttpOptions opts_;
   uint64_t size_ = 0;
 };
 
 std::unique_ptr<ReadEngine> make_http_engine(const HttpSource& src, size_t chunk_bytes);
+
+// How many range requests each host read from gets (see net/ramp.hpp): the level in use, whether
+// the ramp has settled, and the bytes/s it measured at each level it tried.
+struct HostConcurrency {
+  std::string host;
+  unsigned connections = 0;
+  bool settled = false, fixed = false;
+  std::vector<std::pair<unsigned, double>> measured;
+};
+std::vector<HostConcurrency> host_concurrency();
+
+// Closes the connections kept for later loads (they reopen on demand); returns how many
+// connection sets (curl multi-handles) were made since the process started.
+size_t close_idle_connections();
 
 // The URL without user info and query string, for messages.
 std::string redact_url(const std::string& url);
