@@ -4,6 +4,7 @@ The layout is a decoder-only transformer (embeddings, per-layer attention and ML
 norms, an output head) scaled so that the tensors add up to a requested number of bytes. Contents
 are deterministic for a seed, differ from tensor to tensor and from chunk to chunk, and are finite
 numbers of modest size (no NaN or Inf), generated with numpy straight into the tensors' memory.
+Tensors are bf16 and fp16; with ``fp32=True`` the norms and the output head are float32 as well.
 """
 
 from __future__ import annotations
@@ -25,14 +26,18 @@ _DTYPE_BITS = {
 }
 
 
-def _shapes_for(hidden: int, vocab: int) -> list[tuple[str, tuple[int, ...], str]]:
+ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4}
+
+
+def _shapes_for(hidden: int, vocab: int, fp32: bool = False) -> list[tuple[str, tuple[int, ...], str]]:
     kv = max(8, hidden // 4)
     inter = max(8, int(round(hidden * 8 / 3 / 8)) * 8)
     out = [("model.embed_tokens.weight", (vocab, hidden), "bfloat16")]
     for i in range(LAYERS):
         p, dt = f"model.layers.{i}.", ("bfloat16" if i % 2 == 0 else "float16")
+        norm = "float32" if fp32 else dt
         out += [
-            (p + "input_layernorm.weight", (hidden,), dt),
+            (p + "input_layernorm.weight", (hidden,), norm),
             (p + "self_attn.q_proj.weight", (hidden, hidden), dt),
             (p + "self_attn.k_proj.weight", (kv, hidden), dt),
             (p + "self_attn.v_proj.weight", (kv, hidden), dt),
@@ -40,23 +45,28 @@ def _shapes_for(hidden: int, vocab: int) -> list[tuple[str, tuple[int, ...], str
             (p + "mlp.gate_proj.weight", (inter, hidden), dt),
             (p + "mlp.up_proj.weight", (inter, hidden), dt),
             (p + "mlp.down_proj.weight", (hidden, inter), dt),
-            (p + "post_attention_layernorm.weight", (hidden,), dt),
+            (p + "post_attention_layernorm.weight", (hidden,), norm),
         ]
-    out += [("model.norm.weight", (hidden,), "float16"),
-            ("lm_head.weight", (vocab, hidden), "float16")]
+    out += [("model.norm.weight", (hidden,), "float32" if fp32 else "float16"),
+            ("lm_head.weight", (vocab, hidden), "float32" if fp32 else "float16")]
     return out
 
 
-def layout(total_bytes: int) -> list[tuple[str, tuple[int, ...], str]]:
-    """(name, shape, dtype name) for a model of about `total_bytes` bytes (2-byte elements)."""
+def layout(total_bytes: int, fp32: bool = False) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, shape, dtype name) for a model of about `total_bytes` bytes.
+
+    fp32: the norms and the output head are float32 (the rest stays bf16 / fp16).
+    """
     elems = max(total_bytes // 2, 1 << 16)
     # Per layer about 10.5 h^2 elements; embeddings + head about 16 h^2 with vocab ~ 8 h.
     hidden = math.sqrt(elems / (LAYERS * 10.5 + 16))
     quantum = 64 if hidden >= 512 else 8
     hidden = max(quantum, int(hidden) // quantum * quantum)
-    body = sum(math.prod(s) for n, s, _ in _shapes_for(hidden, 0))
-    vocab = max(1, (elems - body) // (2 * hidden))
-    return _shapes_for(hidden, vocab)
+    body = sum(math.prod(s) * ITEMSIZE[d] for n, s, d in _shapes_for(hidden, 0, fp32))
+    # embeddings (2 bytes) + head (2 or 4 bytes) per vocab row of `hidden` elements
+    per_vocab = hidden * (2 + (4 if fp32 else 2))
+    vocab = max(1, (2 * elems - body) // per_vocab)
+    return _shapes_for(hidden, vocab, fp32)
 
 
 def _splitmix(x: int) -> int:
@@ -94,8 +104,12 @@ def _fill(dst, dtype: str, seed: int, index: int, pool, tmp, exp) -> None:
         np.bitwise_or(part, e, out=part)
 
 
-def generate(total_bytes: int, seed: int) -> dict:
-    """The state dict (name -> torch tensor) for a size and seed; same inputs, same bytes."""
+def generate(total_bytes: int, seed: int, fp32: bool = False) -> dict:
+    """The state dict (name -> torch tensor) for a size and seed; same inputs, same bytes.
+
+    A float32 tensor is filled as bf16 values over its 16-bit halves: each upper half is a finite
+    bf16, so every float32 is finite and of the same modest size.
+    """
     import numpy as np
     import torch
 
@@ -104,9 +118,10 @@ def generate(total_bytes: int, seed: int) -> dict:
     tmp = np.empty(_CHUNK_WORDS, dtype=np.uint64)
     exp = np.empty(_CHUNK_WORDS * 4, dtype=np.uint16)
     sd = {}
-    for i, (name, shape, dtype) in enumerate(layout(total_bytes)):
+    for i, (name, shape, dtype) in enumerate(layout(total_bytes, fp32)):
         t = torch.empty(shape, dtype=getattr(torch, dtype))
-        _fill(t.view(-1).view(torch.int16).numpy().view(np.uint16), dtype, seed, i, pool, tmp, exp)
+        halves = t.view(-1).view(torch.int16).numpy().view(np.uint16)
+        _fill(halves, "bfloat16" if dtype == "float32" else dtype, seed, i, pool, tmp, exp)
         sd[name] = t
     return sd
 

@@ -16,6 +16,13 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """The same table as GitHub markdown (pipes in cells escaped)."""
+    cell = lambda c: str(c).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(cell, r)) + " |" for r in rows])
+
+
 def round_order(methods: list, r: int) -> list:
     """The order of round r: the methods shuffled with r as the seed, so that no method always
     runs right after the same neighbour (what a process leaves behind can slow the next one)."""

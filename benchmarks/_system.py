@@ -102,9 +102,10 @@ def reset_peak_rss() -> bool:
 CHUNK = 1 << 20
 
 
-def read_once(path: str, chunk: int = CHUNK) -> int:
-    """Read a whole file through a reused buffer (pulls it into the page cache); its CRC32."""
-    buf, crc = bytearray(chunk), 0
+def read_once(path: str, chunk: int = CHUNK, crc: int = 0) -> int:
+    """Read a whole file through a reused buffer (pulls it into the page cache); its CRC32
+    (continued from `crc`, so that several files chain into one)."""
+    buf = bytearray(chunk)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buf):
@@ -136,6 +137,30 @@ def resident_fraction(path: str) -> float:
             return sum(1 for v in bytes(vec) if v & 1) / len(vec)
         finally:
             libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def files_of(path: str) -> list[str]:
+    """A file -> [it]; a folder -> the files directly inside it, sorted by name."""
+    if not os.path.isdir(path):
+        return [path]
+    return sorted(os.path.join(path, n) for n in os.listdir(path)
+                  if os.path.isfile(os.path.join(path, n)))
+
+
+def tree_size(path: str) -> int:
+    """The size of a file, or the total size of the files directly inside a folder."""
+    return sum(os.path.getsize(p) for p in files_of(path))
+
+
+def evict(path: str) -> None:
+    """Drop a file's pages from the page cache: fsync (dirty pages cannot be dropped), then
+    POSIX_FADV_DONTNEED. Pages mapped by a live process stay; check with resident_fraction."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 
 import _system
@@ -49,6 +50,8 @@ def _loader(method: str, key_file: str | None = None):
 
     load returns (name -> tensor mapping, engine description, object to close afterwards).
     key_file holds the key of an encrypted file (methods with "-encrypted" in their name).
+    tensorstream methods take a file, a checkpoint folder or a URL; the safetensors and Run:ai
+    methods take a file or a list of files (the shards of one checkpoint, loaded as one mapping).
     """
     import torch
 
@@ -71,7 +74,7 @@ def _loader(method: str, key_file: str | None = None):
     elif method.startswith("ts-"):
         import tensorstream
 
-        extra = {"zero_copy": True} if method == "ts-mmap" else {}
+        extra = {"zero_copy": True} if method in ("ts-mmap", "ts-st-zc") else {}
 
         def load(path):
             d = tensorstream.TensorDeserializer(path, device="cpu", **extra)
@@ -99,14 +102,27 @@ def _loader(method: str, key_file: str | None = None):
 
         def load(path):
             streamer = SafetensorsStreamer().__enter__()
-            streamer.stream_file(path)
+            streamer.stream_files(_paths(path))
             tensors = dict(streamer.get_tensors())
             return tensors, "", _Closing(lambda: streamer.__exit__(None, None, None))
     elif method == "safetensors":
         from safetensors.torch import load_file
 
         def load(path):
-            return load_file(path, device="cpu"), "", None
+            tensors = {}
+            for p in _paths(path):
+                tensors.update(load_file(p, device="cpu"))
+            return tensors, "", None
+    elif method == "safetensors-lazy":
+        from safetensors import safe_open
+
+        def load(path):
+            tensors = {}
+            for p in _paths(path):
+                with safe_open(p, framework="pt", device="cpu") as f:
+                    for name in f.keys():
+                        tensors[name] = f.get_tensor(name)
+            return tensors, "", None
     else:
         mmap = method == "torch.load-mmap"
 
@@ -115,15 +131,21 @@ def _loader(method: str, key_file: str | None = None):
     return load
 
 
+def _paths(path) -> list:
+    return list(path) if isinstance(path, (list, tuple)) else [path]
+
+
 class _Closing:
     def __init__(self, close) -> None:
         self.close = close
 
 
-def _saver(fmt: str, key_file: str | None = None):
+def _saver(fmt: str, key_file: str | None = None, shard_bytes: int | None = None):
     """Import the format's library (outside the timed region); return save(state_dict, path).
 
     "tensorstream-encrypted" encrypts with a fresh random key, written as hex to key_file.
+    "safetensors-shards" writes a folder: shards of at most shard_bytes of tensors each (a larger
+    tensor gets a shard of its own), saved by safetensors, and model.safetensors.index.json.
     """
     import torch
 
@@ -154,10 +176,45 @@ def _saver(fmt: str, key_file: str | None = None):
 
         def save(sd, path):
             save_file(sd, path)
+    elif fmt == "safetensors-shards":
+        if not shard_bytes or shard_bytes < 1:
+            raise ValueError("safetensors-shards needs shard_bytes >= 1")
+
+        def save(sd, path):
+            _save_shards(sd, path, shard_bytes)
     else:
         def save(sd, path):
             torch.save(sd, path)
     return save
+
+
+def _shard_groups(sd: dict, shard_bytes: int) -> list[list[str]]:
+    """Names in order, cut into groups of at most shard_bytes (a larger tensor stands alone)."""
+    groups, size = [[]], 0
+    for name, t in sd.items():
+        n = t.numel() * t.element_size()
+        if groups[-1] and size + n > shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += n
+    return groups
+
+
+def _save_shards(sd: dict, folder: str, shard_bytes: int) -> None:
+    """Shards named as transformers names them, written by safetensors, and their index."""
+    from safetensors.torch import save_file
+
+    os.makedirs(folder)
+    groups = _shard_groups(sd, shard_bytes)
+    weight_map = {}
+    for i, names in enumerate(groups, 1):
+        shard = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        save_file({n: sd[n] for n in names}, os.path.join(folder, shard), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(names, shard))
+    total = sum(t.numel() * t.element_size() for t in sd.values())
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
 
 
 def _load_and_free(load, path: str) -> None:
@@ -253,16 +310,18 @@ def _copy_worker(spec: dict) -> dict:
 def _save_worker(spec: dict) -> dict:
     import _model
 
-    save = _saver(spec["format"], spec.get("key_file"))
+    save = _saver(spec["format"], spec.get("key_file"), spec.get("shard_bytes"))
     t0 = time.perf_counter()
-    sd = _model.generate(spec["size_bytes"], spec["seed"])
+    sd = _model.generate(spec["size_bytes"], spec["seed"], bool(spec.get("fp32")))
     generate_s = time.perf_counter() - t0
     sums = _model.checksums(sd)
     model_rss = _system.status_mib("VmRSS")
     reset = _system.reset_peak_rss()
     times = []
     for _ in range(spec["runs"]):
-        if os.path.exists(spec["path"]):
+        if os.path.isdir(spec["path"]):
+            shutil.rmtree(spec["path"])
+        elif os.path.exists(spec["path"]):
             os.unlink(spec["path"])
         os.sync()  # earlier dirty pages should not be written back inside the timed region
         t0 = time.perf_counter()
@@ -270,7 +329,7 @@ def _save_worker(spec: dict) -> dict:
         times.append(time.perf_counter() - t0)
     return {"seconds": times, "generate_s": generate_s, "tensors": sums,
             "model_rss_mib": model_rss, "peak_reset": reset, "check": "pass",
-            "file_size": os.path.getsize(spec["path"])}
+            "file_size": _system.tree_size(spec["path"])}
 
 
 def main(spec: dict) -> None:

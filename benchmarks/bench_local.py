@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,7 +26,8 @@ import _system  # noqa: E402
 
 GIB = 1 << 30
 FILES = {"tensorstream": "model.tensorstream.tensors", "tensorizer": "model.tensorizer.tensors",
-         "safetensors": "model.safetensors", "torch": "model.pt"}
+         "safetensors": "model.safetensors", "torch": "model.pt",
+         "safetensors-shards": "ckpt"}  # a folder: shards + model.safetensors.index.json
 SAVE_ORDER = ("tensorstream", "tensorizer", "safetensors", "torch")
 # method -> (format whose file it reads, extra environment); None: the .tensors file
 METHODS = {
@@ -54,9 +56,11 @@ def run_worker(spec: dict, env: dict, workdir: str, timeout: float) -> dict:
     return _system.run_script_worker(__file__, spec, env, timeout, workdir)
 
 
-def run_cat(path: str) -> dict:
+def run_cat(path: str | list[str]) -> dict:
+    """`cat` of one file, or of several in one process, into /dev/null, timed from here."""
+    paths = [path] if isinstance(path, str) else list(path)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(["cat", path], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(["cat", *paths], stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -81,29 +85,36 @@ def _path(workdir: str, fmt: str) -> str:
     return os.path.join(workdir, FILES[fmt])
 
 
-def _reusable(ref_path: str, workdir: str, formats: list[str], size_bytes: int, seed: int):
+def _reusable(ref_path: str, workdir: str, formats: list[str], size_bytes: int, seed: int,
+              options: dict | None = None):
     try:
         with open(ref_path) as f:
             ref = json.load(f)
     except (OSError, ValueError):
         return None
-    if (ref.get("size_bytes"), ref.get("seed")) != (size_bytes, seed):
+    if (ref.get("size_bytes"), ref.get("seed"), ref.get("options", {})) != \
+            (size_bytes, seed, options or {}):
         return None
     for fmt in formats:
         known = ref.get("files", {}).get(fmt)
         path = _path(workdir, fmt)
-        if not known or not os.path.exists(path) or os.path.getsize(path) != known["size"]:
+        if not known or not os.path.exists(path) or _system.tree_size(path) != known["size"]:
             return None
     return ref
 
 
-def save_all(args, workdir: str, formats: list[str], size_bytes: int) -> tuple[list, dict | None]:
-    """Generate and save the model in each format, each in a fresh process; the reference."""
+def save_all(args, workdir: str, formats: list[str], size_bytes: int,
+             options: dict | None = None) -> tuple[list, dict | None]:
+    """Generate and save the model in each format, each in a fresh process; the reference.
+
+    options go to every save worker (fp32: mixed float32 tensors; shard_bytes: the shard size of
+    safetensors-shards) and are recorded in the reference.
+    """
     summaries, tensors, files = [], None, {}
     for fmt in formats:
         log(f"save  {fmt:12} generating {args.size_gib:g} GiB and saving ({args.runs} runs) ...")
         spec = {"kind": "save", "format": fmt, "path": _path(workdir, fmt),
-                "size_bytes": size_bytes, "seed": args.seed, "runs": args.runs}
+                "size_bytes": size_bytes, "seed": args.seed, "runs": args.runs, **(options or {})}
         res = run_worker(spec, {}, workdir, args.timeout)
         check = res["check"]
         if "tensors" in res:
@@ -128,21 +139,25 @@ def save_all(args, workdir: str, formats: list[str], size_bytes: int) -> tuple[l
     if tensors is None:
         return summaries, None
     ref = {"size_bytes": size_bytes, "seed": args.seed, "tensors": tensors, "files": files,
-           "model_bytes": sum(t["nbytes"] for t in tensors.values())}
+           "model_bytes": sum(t["nbytes"] for t in tensors.values()), "options": options or {}}
     with open(os.path.join(workdir, "reference.json"), "w") as f:
         json.dump(ref, f)
     return summaries, ref
 
 
 def warm_files(workdir: str, formats: list[str]) -> dict:
-    """Read each file once so that loads start from the page cache; report residency."""
+    """Read each file (every file of a folder) once so that loads start from the page cache;
+    report residency (a folder's: its least resident file's) and the CRC32 (a folder's: of its
+    files one after the other)."""
     out = {}
     for fmt in formats:
-        path = _path(workdir, fmt)
+        paths = _system.files_of(_path(workdir, fmt))
         t0 = time.perf_counter()
-        crc = _system.read_once(path)
+        crc = 0
+        for p in paths:
+            crc = _system.read_once(p, crc=crc)
         seconds = time.perf_counter() - t0
-        resident = _system.resident_fraction(path)
+        resident = min(_system.resident_fraction(p) for p in paths)
         out[fmt] = {"crc32": crc, "read_once_s": seconds, "resident": resident}
         warn = "" if resident >= 0.99 else "  WARNING: not all in the page cache"
         log(f"cache {FILES[fmt]:28} {100 * resident:5.1f}% resident after reading it once{warn}")
@@ -184,17 +199,21 @@ def load_all(args, workdir: str, methods: list[str], ref: dict, cache: dict) -> 
             for m in methods}
 
 
-def prepare(args, workdir: str, formats: list[str], size_bytes: int):
+def prepare(args, workdir: str, formats: list[str], size_bytes: int, options: dict | None = None):
     """Saved files (fresh, or reused) -> (save summaries, reference, formats on disk)."""
     ref_path = os.path.join(workdir, "reference.json")
-    ref = _reusable(ref_path, workdir, formats, size_bytes, args.seed) if args.reuse else None
+    ref = (_reusable(ref_path, workdir, formats, size_bytes, args.seed, options)
+           if args.reuse else None)
     if ref:
         log(f"reusing the files in {workdir} (no save timings)")
         return [], ref, formats
     for fmt in formats:  # never load a stale file left by an earlier run
-        if os.path.exists(_path(workdir, fmt)):
-            os.unlink(_path(workdir, fmt))
-    saves, ref = save_all(args, workdir, formats, size_bytes)
+        path = _path(workdir, fmt)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.unlink(path)
+    saves, ref = save_all(args, workdir, formats, size_bytes, options)
     os.sync()  # no writeback of the new files while loading
     return saves, ref, [f for f in formats if ref and f in ref["files"]]
 
