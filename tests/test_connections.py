@@ -4,6 +4,7 @@ read in one run (``Source.read_many``) and what the size probe tells of a resour
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 
 import numpy as np
@@ -154,3 +155,25 @@ def test_a_forked_child_opens_its_own_connections(server, tmp_path):
     assert got == tensors["t1"].numpy().tobytes()
     with TensorDeserializer(url) as d:  # and the parent's still work
         assert_same(d["t2"], tensors["t2"])
+
+
+def test_the_medium_of_a_local_file_picks_the_queue_depth(tmp_path):
+    path = tmp_path / "medium.bin"
+    path.write_bytes(b"\x01" * (8 << 20))
+    src = _core.FileSource(str(path))
+    warm = _core.medium(src)
+    assert warm["kind"] == "cached" and warm["resident"] > 0.9 and warm["queue_depth"] == 2
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    cold = _core.medium(src)
+    if cold["resident"] > 0.5:
+        pytest.skip("this file system keeps the file cached (tmpfs?)")
+    assert cold["kind"] in ("flash", "spinning", "unknown")
+    assert cold["queue_depth"] == (4 if cold["kind"] == "spinning" else 16)
+    with pytest.raises(ValueError, match="local file"):
+        _core.medium(_core.MemorySource(b"abc"))
+    assert tensorstream.features()["settings"]["queue_depth"] == 0

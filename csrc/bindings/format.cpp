@@ -8,6 +8,7 @@
 #include "tensorstream/format/safetensors.hpp"
 #include "tensorstream/format/tensorizer.hpp"
 #include "tensorstream/io/engine.hpp"
+#include "tensorstream/io/medium.hpp"
 #include "tensorstream/io/source.hpp"
 #include "tensorstream/tensor_checks.hpp"
 
@@ -99,6 +100,25 @@ void register_format(py::module_& m) {
           "Fill every (offset, writable buffer) pair in one engine run: parallel reads for files, "
           "parallel range requests over the host's kept connections for URLs.")
       .def("__repr__", [](const ts::Source& s) { return "<tensorstream Source " + s.name() + ">"; });
+  m.def(
+      "medium",
+      [](const ts::Source& s) {
+        if (s.fd() < 0) throw std::invalid_argument("only a local file has a medium to probe");
+        ts::Medium md;
+        {
+          release_gil nogil;
+          md = ts::probe_medium(s.fd(), s.size());
+        }
+        py::dict d;
+        d["resident"] = md.resident;
+        d["rotational"] = md.rotational;
+        d["kind"] = ts::describe_medium(md);
+        d["queue_depth"] = ts::auto_queue_depth(md);
+        return d;
+      },
+      py::arg("source"),
+      "What a local file lies on (page-cache share, spinning or not) and the io_uring queue depth "
+      "TENSORSTREAM_QUEUE_DEPTH=0 picks for it.");
   py::class_<ts::FileSource, ts::Source, std::shared_ptr<ts::FileSource>>(m, "FileSource")
       .def(py::init<const std::string&>(), py::arg("path"), py::call_guard<release_gil>())
       .def_static("from_fd", &ts::FileSource::from_fd, py::arg("fd"), py::call_guard<release_gil>());

@@ -88,7 +88,7 @@ const std::vector<Field>& fields() {
       text_field("io_backend", "TENSORSTREAM_IO_BACKEND", &Settings::io_backend, {"auto", "uring", "posix"}),
       uint_field("threads", "TENSORSTREAM_THREADS", &Settings::threads, 0, 1024),
       uint_field("chunk_mb", "TENSORSTREAM_CHUNK_MB", &Settings::chunk_mb, 1, 1024),
-      uint_field("queue_depth", "TENSORSTREAM_QUEUE_DEPTH", &Settings::queue_depth, 1, 4096),
+      uint_field("queue_depth", "TENSORSTREAM_QUEUE_DEPTH", &Settings::queue_depth, 0, 4096),
       bool_field("uring_async", "TENSORSTREAM_URING_ASYNC", &Settings::uring_async),
       uint_field("http_connections", "TENSORSTREAM_HTTP_CONNECTIONS", &Settings::http_connections, 0, 1024),
       uint_field("http_retries", "TENSORSTREAM_HTTP_RETRIES", &Settings::http_retries, 0, 1000),

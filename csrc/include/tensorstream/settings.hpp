@@ -15,7 +15,7 @@ struct Settings {
   std::string io_backend = "auto";  // TENSORSTREAM_IO_BACKEND: auto | uring | posix
   unsigned threads = 0;             // TENSORSTREAM_THREADS: runtime read workers; 0: one per core (<= 32)
   unsigned chunk_mb = 8;            // TENSORSTREAM_CHUNK_MB: file read chunk
-  unsigned queue_depth = 4;         // TENSORSTREAM_QUEUE_DEPTH: reads in flight per io_uring worker
+  unsigned queue_depth = 0;         // TENSORSTREAM_QUEUE_DEPTH: reads in flight per io_uring worker; 0: auto
   bool uring_async = false;         // TENSORSTREAM_URING_ASYNC: queue every read with IOSQE_ASYNC
   unsigned http_connections = 0;    // TENSORSTREAM_HTTP_CONNECTIONS: requests in flight per host; 0: auto
   unsigned http_retries = 5;        // TENSORSTREAM_HTTP_RETRIES

@@ -2,6 +2,7 @@
 
 #include <thread>
 
+#include "tensorstream/io/medium.hpp"
 #include "tensorstream/settings.hpp"
 
 #ifdef TENSORSTREAM_WITH_CURL
@@ -45,6 +46,7 @@ std::unique_ptr<ReadEngine> make_engine(const Source& src, const EngineOptions& 
   std::string why;
   if (uring_available(&why)) {
     unsigned depth = opts.queue_depth ? opts.queue_depth : set.queue_depth;
+    if (depth == 0) depth = auto_queue_depth(probe_medium(src.fd(), src.size()));  // auto
     return make_uring_engine(src, threads, depth, chunk, set.uring_async);
   }
   if (backend == "uring") throw std::runtime_error("io_uring was asked for but is unavailable: " + why);
