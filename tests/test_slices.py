@@ -318,9 +318,11 @@ def test_encrypted_files_are_read_whole_then_sliced(tmp_path, monkeypatch, stand
         for name, full in tensors.items():
             assert_same(d[name], torch.tensor_split(full, 2, -1)[0] if full.dim() else full)
             _owns_its_bytes(d[name])
-    with TensorDeserializer(path, device="cpu", encryption=key, lazy_load=True) as d:
-        assert_same(d.get_slice("w3")[:, 2:4, ::2], tensors["w3"][:, 2:4, ::2])
-        assert not d._cache
+    with TensorDeserializer(path, device="cpu", encryption=key, lazy_load=True, slices=shard_plan(1, 2)) as d:
+        assert_same(d["w3"], tensors["w3"][3:])
+        assert_same(d.get_slice("w3")[:, 2:4, ::2], tensors["w3"][:, 2:4, ::2])  # of the stored tensor
+        assert_same(d.get_slice("w2")[::3, 1], tensors["w2"][::3, 1])
+        assert list(d._cache) == [("w3",)]
     assert not counted  # decryption runs in the core's loader, never through byte ranges
 
 

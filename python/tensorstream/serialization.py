@@ -676,8 +676,11 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         with self._lock:
             if path in self._cache and path not in self._planned:  # held whole already
                 return sel.apply(self._cache[path])
-            if self._verify_hash or self._index.encrypted:
-                return sel.apply(self._take(path))
+            if self._verify_hash or self._index.encrypted:  # the whole stored tensor, checked
+                if self._loader is None or self._closed:
+                    raise ValueError("the deserializer is closed; open a new one to read more tensors")
+                whole = self._load_whole([rec], self._verify_hash, pooled=False)[rec.pos]
+                return self._finish(sel.apply(whole))
             return self._read_ranges([rec], {path: sel}, pooled=False)[path]
 
     def _read_ranges(
