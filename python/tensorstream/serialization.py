@@ -666,7 +666,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
                 tensor = loaded.pop(rec.pos)
                 self._cache[rec.path] = self._finish(sel.apply(tensor) if sel is not None else tensor)
             return
-        sels = {r.path: self._planned.get(r.path) or _slice_reads.whole(r) for r in records}
+        sels = {r.path: self._planned[r.path] if r.path in self._planned else _slice_reads.whole(r) for r in records}
         self._cache.update(self._read_ranges(records, sels, pooled=pooled))
 
     def _read_slice(self, path: _names.Path, index: Any) -> torch.Tensor:
