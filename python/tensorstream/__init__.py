@@ -32,6 +32,7 @@ from .errors import (
 )
 from .encryption import DecryptionParams, EncryptionParams
 from .serialization import TensorDeserializer, TensorSerializer, TensorType
+from ._slice_reads import TensorSlice, shard_plan
 from . import safetensors
 from .safetensors import safe_open
 from .convert import convert  # the function: ``tensorstream.convert(src, dst, to=...)``
@@ -62,6 +63,8 @@ __all__ = [
     "load",
     "load_module",
     "safe_open",
+    "shard_plan",
+    "TensorSlice",
     "convert",
     "safetensors",
     "features",
@@ -86,7 +89,8 @@ def save(module_or_state_dict: torch.nn.Module | Mapping | Sequence, path: Any) 
 def load(path: Any, device: DeviceLike = None, **kwargs: Any) -> Any:
     """All tensors of a file: ``{name: tensor}``, or the nested dicts / lists it was saved from.
 
-    ``kwargs`` go to :class:`TensorDeserializer` (``filter_func``, ``dtype``, ``verify_hash``...).
+    ``kwargs`` go to :class:`TensorDeserializer` (``filter_func``, ``dtype``, ``verify_hash``,
+    ``slices=shard_plan(rank, world_size)`` for one tensor-parallel rank's part...).
     """
     with TensorDeserializer(path, device=device, **kwargs) as deserializer:
         return deserializer.tree(default={})

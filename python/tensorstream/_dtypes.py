@@ -15,7 +15,7 @@ import torch
 
 from .errors import FormatError
 
-__all__ = ["encode", "decode", "itemsize"]
+__all__ = ["encode", "decode", "itemsize", "SAFETENSORS", "safetensors_name"]
 
 # numpy kind + width -> torch dtype, for every type both libraries have.
 _NUMPY_KINDS = {
@@ -43,6 +43,24 @@ _QUANTIZED = {
 }
 _NUMPY_RE = re.compile(r"([<>=|])([a-zA-Z])(\d{1,2})")
 _NATIVE_LITTLE = sys.byteorder == "little"
+
+
+# torch dtype -> the dtype name a safetensors header gives it (what ``get_dtype()`` of a slice says).
+SAFETENSORS = {
+    torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.uint16: "U16", torch.int16: "I16",
+    torch.float16: "F16", torch.bfloat16: "BF16", torch.uint32: "U32", torch.int32: "I32", torch.float32: "F32",
+    torch.uint64: "U64", torch.int64: "I64", torch.float64: "F64", torch.complex64: "C64",
+}
+for _torch_name, _name in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"),
+                           ("float8_e4m3fnuz", "F8_E4M3FNUZ"), ("float8_e5m2fnuz", "F8_E5M2FNUZ"),
+                           ("float8_e8m0fnu", "F8_E8M0")):
+    if isinstance(getattr(torch, _torch_name, None), torch.dtype):
+        SAFETENSORS[getattr(torch, _torch_name)] = _name
+
+
+def safetensors_name(dtype: torch.dtype) -> str:
+    """The safetensors name of ``dtype`` (``"BF16"``); torch's name for types safetensors lacks."""
+    return SAFETENSORS.get(dtype, str(dtype))
 
 
 def itemsize(dtype: torch.dtype) -> int:

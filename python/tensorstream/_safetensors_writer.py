@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
+from ._dtypes import SAFETENSORS as _NAMES
 from ._loading import Record
-from .safetensors import _NAMES
 from .stream_io import open_stream
 
 INDEX_SUFFIX = ".safetensors.index.json"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import dataclasses
 import enum
 import itertools
 import logging
@@ -16,7 +17,7 @@ import numpy
 import torch
 
 from . import _assign, _checkpoint, _device, _dtypes, _loading, _mapped, _names, _native, _progress, _ring
-from . import _shards, _sources, _staging, _stats
+from . import _shards, _slice_reads, _slices, _sources, _staging, _stats
 from . import encryption as _encryption
 from .encryption import DecryptionParams, EncryptionParams
 
@@ -300,6 +301,13 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     ``progress=True`` shows a bar (bytes, GB/s, ETA) on a terminal while tensors load (None: the
     ``TENSORSTREAM_PROGRESS`` setting). ``stats`` (a ``LoadStats``) sums bytes and seconds per
     stage over this deserializer's loads.
+
+    ``slices=plan`` loads part of each tensor, as a tensor-parallel rank needs:
+    ``plan(name, shape)`` returns None (the whole tensor) or an index (ints, slices with positive
+    steps, ``...``, ``None``), and the tensor under ``name`` is that part, contiguous and owning
+    its storage (``shard_plan`` makes the usual even split). All selected tensors of a load are
+    read in one engine run that fetches only the ranges the parts need (see :meth:`get_slice`
+    for encrypted files and ``verify_hash``). ``zero_copy=True`` cannot be combined with it.
     """
 
     def __init__(
@@ -317,6 +325,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         encryption: Any = None,
         zero_copy: bool = False,
         progress: bool | None = None,
+        slices: _slice_reads.Plan | None = None,
     ) -> None:
         encryption = _encryption.reading_params(encryption)
         self._progress = _progress.wanted(progress)
@@ -324,6 +333,8 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self._device = _device.resolve(device)
         if zero_copy and (self._device.type != "cpu" or _ring.wanted(self._device)):
             raise ValueError(f"zero_copy=True maps the file into CPU memory; it cannot load to {self._device}")
+        if zero_copy and slices is not None:
+            raise ValueError("zero_copy=True maps whole tensors; it cannot be combined with slices=")
         if num_readers is not None and (not isinstance(num_readers, int) or num_readers < 1):
             raise ValueError(f"num_readers must be a positive int or None, not {num_readers!r}")
         self._dtype = dtype
@@ -341,6 +352,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self.total_bytes_read = 0
         opened = _checkpoint.open_checkpoint(path_or_file, zero_copy=zero_copy)
         self._source, self._index = _source_and_index(opened)
+        self._label: str = self._source.name
         try:
             if self._verify_hash and self._index.format != "tensorizer":
                 raise ValueError(f"{self._source.name} is safetensors, which stores no hashes: verify_hash=True "
@@ -351,6 +363,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             self._records = _select(self._index, filter_func)
             self._by_path = {r.path: r for r in self._records}
             self._tree = _names.registry_of([r.path for r in self._records])
+            self._planned = _slice_reads.planned(slices, self._records)  # path -> Selection
             self.total_tensor_bytes = sum(r.nbytes for r in self._records)
             self._loader, self._load = self._make_loader(opened.shards, num_readers or 0, zero_copy)
             _encryption.apply_to_loader(self._loader, encryption)
@@ -426,6 +439,23 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     def keys(self) -> collections.abc.KeysView:
         return self._tree.root.keys()
 
+    def get_slice(self, name: Any) -> _slice_reads.TensorSlice:
+        """A view of the stored tensor ``name`` (a str, or the path tuple of a structured name)
+        with ``get_shape()``, ``get_dtype()`` and indexing, as safetensors' ``get_slice``.
+
+        ``get_slice(name)[index]`` reads only the bytes ``index`` selects (whole rows for a slice
+        of the first dimension, one range per contiguous run otherwise) and returns them on this
+        deserializer's device, cast by ``dtype=``, contiguous and owning its storage; KeyError for
+        a name the file lacks. The slice is of the stored tensor, whatever ``slices=`` plan the
+        deserializer has. Encrypted files (decrypted per tensor) and ``verify_hash=True`` (the
+        hashes cover whole tensors) read the whole tensor, check it, then slice it. A tensor an
+        eager load already holds whole is sliced in memory; otherwise the file must be open.
+        """
+        path = name if isinstance(name, tuple) else (name,)
+        if path not in self._by_path:
+            raise KeyError(f"no tensor named {name!r} in {self._label}")
+        return _slice_reads.TensorSlice(self, path)
+
     # tensorizer's methods -------------------------------------------------------------------
 
     def tree(
@@ -466,7 +496,8 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         tensors = self._tensors([r.path for _, r in chosen], verify_hash)
         for i, rec in chosen:
             self._last_read = i
-            yield self._module_idx[rec.pos], rec.tensor_type, rec.name, tensors[rec.path]
+            # Tensors read through a slices plan skip their per-tensor headers: module index 0.
+            yield self._module_idx.get(rec.pos, 0), rec.tensor_type, rec.name, tensors[rec.path]
 
     def load_into_module(
         self,
@@ -490,7 +521,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         the same shapes, and raises RuntimeError naming every difference before changing anything.
         Parameters keep their ``requires_grad`` flag; weights tied in ``m`` stay tied.
         """
-        records = [r for r in self._records if filter_func is None or filter_func(r.name)]
+        records = [self._as_planned(r) for r in self._records if filter_func is None or filter_func(r.name)]
         slots = _assign.plan(m, records, strict=strict, check_missing=filter_func is None)
         tensors = self._tensors([s.record.path for s in slots], verify_hash)
         _assign.apply(m, slots, tensors)
@@ -619,6 +650,67 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         """Loads ``records`` into the cache; the caller holds ``self._lock``."""
         if self._loader is None or self._closed:
             raise ValueError("the deserializer is closed; open a new one to load more tensors")
+        if any(r.path in self._planned for r in records):
+            self._fetch_planned(records, verify_hash, pooled=pooled)
+            return
+        loaded = self._load_whole(records, verify_hash, pooled=pooled)
+        for rec in records:
+            self._cache[rec.path] = self._finish(loaded[rec.pos])
+
+    def _fetch_planned(self, records: Sequence[_loading.Record], verify_hash: bool, *, pooled: bool) -> None:
+        """Loads the parts of ``records`` the ``slices`` plan names (the others whole) into the cache."""
+        if verify_hash or self._index.encrypted:  # checks and decryption see whole tensors
+            loaded = self._load_whole(records, verify_hash, pooled=False)
+            for rec in records:
+                sel = self._planned.get(rec.path)
+                tensor = loaded.pop(rec.pos)
+                self._cache[rec.path] = self._finish(sel.apply(tensor) if sel is not None else tensor)
+            return
+        sels = {r.path: self._planned[r.path] if r.path in self._planned else _slice_reads.whole(r) for r in records}
+        self._cache.update(self._read_ranges(records, sels, pooled=pooled))
+
+    def _read_slice(self, path: _names.Path, index: Any) -> torch.Tensor:
+        """``get_slice(...)[index]`` of the tensor at ``path``."""
+        rec = self._by_path[path]
+        sel = _slices.select(index, rec.shape)
+        with self._lock:
+            if path in self._cache and path not in self._planned:  # held whole already
+                return sel.apply(self._cache[path])
+            if self._verify_hash or self._index.encrypted:  # the whole stored tensor, checked
+                if self._loader is None or self._closed:
+                    raise ValueError("the deserializer is closed; open a new one to read more tensors")
+                whole = self._load_whole([rec], self._verify_hash, pooled=False)[rec.pos]
+                return self._finish(sel.apply(whole))
+            return self._read_ranges([rec], {path: sel}, pooled=False)[path]
+
+    def _read_ranges(
+        self, records: Sequence[_loading.Record], sels: dict[_names.Path, _slices.Selection], *, pooled: bool
+    ) -> dict[_names.Path, torch.Tensor]:
+        """The selections of ``records``, read with one engine run per source, on the device."""
+        items = [_slice_reads.Item(r.path, *self._data_location(r.path)[:2], r, sels[r.path]) for r in records]
+        host, fetched = _slice_reads.read(items, pooled=pooled and self._device.type == "cpu")
+        self.total_bytes_read += fetched.bytes
+        self.stats.add(_stats.LoadStats(loads=1, tensors=len(items), bytes=fetched.bytes, seconds=fetched.seconds,
+                                        read_seconds=fetched.seconds, reads=fetched.ranges))
+        logger.info("read %d tensor slices, %.1f MB in %d ranges from %s in %.3f s",
+                    len(items), fetched.bytes / 1e6, fetched.ranges, self._label, fetched.seconds)
+        out = {}
+        for path in list(host):
+            tensor = host.pop(path)
+            if self._device.type == "cuda":
+                tensor = tensor.to(self._device)
+            out[path] = self._finish(tensor)
+        return out
+
+    def _as_planned(self, rec: _loading.Record) -> _loading.Record:
+        """``rec`` with the shape the ``slices`` plan gives it."""
+        sel = self._planned.get(rec.path)
+        return rec if sel is None else dataclasses.replace(rec, shape=sel.shape)
+
+    def _load_whole(
+        self, records: Sequence[_loading.Record], verify_hash: bool, *, pooled: bool
+    ) -> dict[int, torch.Tensor]:
+        """``{pos: tensor}`` of ``records``, whole, with one core load; the caller holds ``self._lock``."""
         start = time.perf_counter()
         name = self._source.name
         self._loading_thread = threading.get_ident()
@@ -646,8 +738,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
                 len(records), nbytes / 1e6, seconds, nbytes / max(seconds, 1e-9) / 1e9,
                 name, self._backend, ", hashes verified" if verify_hash else "", load.summary(),
             )
-        for rec in records:
-            self._cache[rec.path] = self._finish(loaded[rec.pos])
+        return loaded
 
     def _finish(self, tensor: torch.Tensor) -> torch.Tensor:
         if self._dtype is not None and tensor.is_floating_point() and tensor.dtype != self._dtype:
