@@ -412,3 +412,38 @@ def test_sharded_safetensors_prefix_and_safe_open(server, tmp_path, monkeypatch)
     monkeypatch.setenv("TENSORSTREAM_CACHE_OFFLINE", "1")
     server.stop()
     _check(tensorstream.load(prefix, device="cpu", cache_dir=cache), want)
+
+
+# ------------------------------------------------------------------------------ other loaders
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
+def test_encrypted_files_are_cached_as_their_encrypted_bytes(server, tmp_path, lazy):
+    want = _tensors()
+    params = tensorstream.EncryptionParams.random()
+    with tensorstream.TensorSerializer(server.root / "enc.tensors", encryption=params) as s:
+        s.write_state_dict(want)
+    url, cache = server.url("enc.tensors"), tmp_path / "cache"
+    key = tensorstream.DecryptionParams.from_key(params.key)
+    for _ in range(2):
+        with TensorDeserializer(url, device="cpu", cache_dir=cache, encryption=key, lazy_load=lazy,
+                                verify_hash=True) as d:
+            assert d.io_backend != "mmap"  # decrypted into memory, not used in place
+            _check(d, want)
+    size = (server.root / "enc.tensors").stat().st_size
+    if not lazy:
+        [data] = _entry_files(cache, ".data")
+        assert data.read_bytes() == (server.root / "enc.tensors").read_bytes()
+        assert _data_bytes(server, "enc.tensors") == size
+    else:
+        assert _data_bytes(server, "enc.tensors") < 1.5 * size  # the second lazy pass read from disk
+
+
+def test_ring_loads_read_the_entry(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("TENSORSTREAM_DEVICE_STANDIN", "host")  # the GPU pipeline, with a host-memory stand-in
+    want = _tensors()
+    url, cache = _publish(server, "ring.tensors", want), tmp_path / "cache"
+    for _ in range(2):
+        with TensorDeserializer(url, device="cpu", cache_dir=cache, verify_hash=True) as d:
+            _check(d, want)
+    assert _data_bytes(server, "ring.tensors") == (server.root / "ring.tensors").stat().st_size
