@@ -94,8 +94,8 @@ class Entry:
                 filler = self._new_partial_locked(identity, remote)
             if lazy and not filler.complete:
                 return CachedFile(filler.source, None, filler, self)
-            filler.fill_locked([(0, identity.size)])
             try:
+                filler.fill_locked([(0, identity.size)])
                 return self._as_complete(filler.fd, identity.size)
             finally:
                 filler.close()

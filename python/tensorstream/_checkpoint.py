@@ -116,13 +116,13 @@ def _open_file(path: Any, how: _How) -> Shard:
     return Shard(_sources.open_source(path), None)
 
 
-def _filler(shard: Shard) -> Any:
+def filler_of(shard: Shard) -> Any:
     """What fills a partial cache entry on demand; None for any other file."""
     return shard.cached.filler if shard.cached is not None else None
 
 
 def _indexed(shard: Shard) -> Shard:
-    filler = _filler(shard)
+    filler = filler_of(shard)
     shard.index = filler.read_index() if filler is not None else _native.read_index(shard.source)
     return shard
 
@@ -163,7 +163,7 @@ def _open_local_folder(folder: str, how: _How) -> Opened:
 def _read_head(shard: Shard, n: int) -> bytes:
     """The first ``n`` bytes of a file (at most its size)."""
     buf = bytearray(min(shard.source.size, n))
-    filler = _filler(shard)
+    filler = filler_of(shard)
     if filler is not None:
         filler.ensure([(0, len(buf))])
     shard.source.read_into(0, buf)

@@ -347,6 +347,8 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self._digests: dict[int, Any] = {}  # index position -> _core.HeaderDigest, for verify_module
         self._last_read = -1  # position in self._records of the last tensor read_tensors yielded
         self.total_bytes_read = 0
+        self._fillers: list[Any] = []  # per shard: what fills its partial cache entry (lazy), else None
+        self._cached: list[tuple[Any, Any]] = []  # (cache entry, index) of the shards read from the cache
         for attempt in (1, 2):  # a cached copy that fails its hashes is fetched again, once
             opened = _checkpoint.open_checkpoint(path_or_file, zero_copy=zero_copy, cache=cache, lazy=lazy_load)
             try:
@@ -369,8 +371,8 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
               zero_copy: bool, lazy_load: bool) -> None:
         """Reads the opened checkpoint's index and, for an eager load, every selected tensor."""
         self._source, self._index = _source_and_index(opened)
-        self._fillers = [_checkpoint._filler(s) for s in opened.shards]  # partial cache entries (lazy)
-        self._cached = _cached_entries(opened.shards)  # to remove one whose copy fails its hashes
+        self._fillers = [_checkpoint.filler_of(s) for s in opened.shards]
+        self._cached = _cached_entries(opened.shards)
         self._entries = [s.index.entries for s in opened.shards] if any(self._fillers) else []
         if self._verify_hash and self._index.format != "tensorizer":
             raise ValueError(f"{self._source.name} is safetensors, which stores no hashes: verify_hash=True "
@@ -634,7 +636,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     def _fill(self, records: Sequence[_loading.Record], *, data: bool) -> None:
         """Brings the headers (and with ``data``, the bytes) of ``records`` into the partial cache
         entries they lie in: one fetch per entry for what it lacks. Nothing for other files."""
-        if not any(getattr(self, "_fillers", ())):
+        if not any(self._fillers):
             return
         sharded = isinstance(self._index, _shards.ShardedIndex)
         spans: dict[int, list[tuple[int, int]]] = {}
