@@ -250,6 +250,32 @@ def test_object_changed_on_the_server_is_refetched(server, tmp_path):
     _publish(server, "v.tensors", newer)
     _check(tensorstream.load(url, device="cpu", cache_dir=cache), newer)
     assert len(_entry_files(cache, ".data")) == 1
+    lazy_url = _publish(server, "lazy-v.tensors", _tensors(seed=0))
+    with TensorDeserializer(lazy_url, device="cpu", cache_dir=cache, lazy_load=True) as d:
+        assert_same(d["layer1.weight"], _tensors(seed=0)["layer1.weight"])  # a partial entry now
+    _publish(server, "lazy-v.tensors", newer)
+    with TensorDeserializer(lazy_url, device="cpu", cache_dir=cache, lazy_load=True) as d:
+        _check(d, newer)
+
+
+def test_lazy_load_of_a_corrupt_entry_raises_and_drops_it(server, tmp_path):
+    want = _tensors()
+    url = _publish(server, "lc.tensors", want)
+    cache = tmp_path / "cache"
+    tensorstream.load(url, device="cpu", cache_dir=cache)
+    [data] = _entry_files(cache, ".data")
+    at = _core.read_index(_core.FileSource(str(data))).entries[1].data_offset
+    with open(data, "r+b") as f:  # same size, two bytes inverted
+        f.seek(at)
+        flipped = bytes(b ^ 0xFF for b in f.read(2))
+        f.seek(at)
+        f.write(flipped)
+    with TensorDeserializer(url, device="cpu", cache_dir=cache, lazy_load=True, verify_hash=True) as d:
+        assert_same(d["layer0.weight"], want["layer0.weight"])
+        with pytest.raises(tensorstream.HashMismatchError):
+            d["layer1.weight"]  # never handed out
+    assert not data.exists()
+    _check(tensorstream.load(url, device="cpu", cache_dir=cache, verify_hash=True), want)
 
 
 @pytest.mark.skipif(not hasattr(getattr(_core, "HttpSource", object), "etag"), reason="the core reports no ETag yet")
