@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from . import encryption, stream_io, utils
+from . import _cache, encryption, stream_io, utils
 from ._device import DeviceLike
 from ._native import core_features as _core_features
 from ._settings import configure, configured
@@ -90,7 +90,7 @@ def load(path: Any, device: DeviceLike = None, **kwargs: Any) -> Any:
     """All tensors of a file: ``{name: tensor}``, or the nested dicts / lists it was saved from.
 
     ``kwargs`` go to :class:`TensorDeserializer` (``filter_func``, ``dtype``, ``verify_hash``,
-    ``slices=shard_plan(rank, world_size)`` for one tensor-parallel rank's part...).
+    ``slices=shard_plan(rank, world_size)`` for one tensor-parallel rank's part, ``cache_dir``...).
     """
     with TensorDeserializer(path, device=device, **kwargs) as deserializer:
         return deserializer.tree(default={})
@@ -111,7 +111,7 @@ def load_module(
     RuntimeError if the file and the module do not hold the same parameters and buffers with the
     same shapes. ``strict=False`` loads as tensorizer's ``load_into_module`` does (the file's
     tensors are registered or replace the module's); a tensor the file lacks and the module left
-    unallocated is still an error.
+    unallocated is still an error. ``kwargs`` go to :class:`TensorDeserializer` (``cache_dir``...).
     """
     module = utils.no_init_or_tensor(module_class_or_factory)
     with TensorDeserializer(path, device=device, **kwargs) as deserializer:
@@ -131,10 +131,12 @@ def features() -> dict[str, Any]:
     """What this build and machine support: io_uring (and why not), default engine, threads.
 
     ``settings`` maps each setting's keyword to its value in effect; ``settings_origin`` says
-    where each came from (``default``, ``environment`` or ``configure``).
+    where each came from (``default``, ``environment`` or ``configure``). ``cache`` shows the
+    local cache's variables (``TENSORSTREAM_CACHE_*``, read by the package, not the core).
     """
     out = dict(_core_features())
     listed = _describe_settings()
     out["settings"] = {s["key"]: s["value"] for s in listed}
     out["settings_origin"] = {s["key"]: s["origin"] for s in listed}
+    out["cache"] = _cache.from_env()
     return out

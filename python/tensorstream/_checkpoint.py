@@ -7,6 +7,9 @@ order: ``model.safetensors.index.json``, ``model.safetensors``, ``model.tensors`
 without them may hold exactly one ``*.safetensors.index.json``, else its ``*.safetensors`` files
 are the shards. Shard names in an index are plain relative names: a name that climbs out of the
 checkpoint (``..``), is absolute or carries a scheme is a FormatError.
+
+With a cache (``_cache``), every remote file (index.json and shards alike) is opened through it:
+the shard's source is then the local entry.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _mapped, _native, _sources
+from . import _cache, _mapped, _native, _sources
 from .errors import FormatError
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -30,7 +33,17 @@ _REMOTE = ("http://", "https://", "s3://")
 class Shard:
     source: Any
     index: Any
-    region: Any = None  # the file's private mapping, with zero_copy
+    region: Any = None  # the file's private mapping, with zero_copy or a complete cache entry
+    cached: Any = None  # the _cache_store.CachedFile of a remote file opened through the cache
+
+
+@dataclass(frozen=True)
+class _How:
+    """How files are opened: mapped (zero_copy), through a cache, for a lazy load."""
+
+    zero_copy: bool = False
+    cache: Any = None  # a _cache.Config
+    lazy: bool = False
 
 
 @dataclass
@@ -41,30 +54,38 @@ class Opened:
     shards: list[Shard]
 
 
-def open_checkpoint(obj: Any, *, zero_copy: bool = False) -> Opened:
-    """The shards of ``obj`` opened, each with its parsed index (FormatError, OSError as the core gives)."""
+def open_checkpoint(obj: Any, *, zero_copy: bool = False, cache: Any = None, lazy: bool = False) -> Opened:
+    """The shards of ``obj`` opened, each with its parsed index (FormatError, OSError as the core gives).
+
+    ``cache`` (a ``_cache.Config``) opens remote files through the local cache; ``lazy`` lets it
+    keep a partial entry that fills as tensors are read.
+    """
+    return _open(obj, _How(zero_copy, cache, lazy))
+
+
+def _open(obj: Any, how: _How) -> Opened:
     path = _as_location(obj)
     if path is None:  # a file object, a descriptor or bytes: one file
-        return _single(obj, zero_copy)
+        return _single(obj, how)
     if _is_prefix(path):
-        return _open_prefix(path, zero_copy)
+        return _open_prefix(path, how)
     try:
-        return _open_named(path, zero_copy)
+        return _open_named(path, how)
     except FileNotFoundError as missing:
         if not path.lower().startswith(_REMOTE):
             raise
         try:
-            return _open_prefix(path + "/", zero_copy)  # a remote "folder" is no object of its own
+            return _open_prefix(path + "/", how)  # a remote "folder" is no object of its own
         except FileNotFoundError:
             raise missing from None
 
 
-def _open_named(path: str, zero_copy: bool) -> Opened:
+def _open_named(path: str, how: _How) -> Opened:
     """A file that exists as named: a tensor file or an index.json."""
-    source, region = _open_file(path, zero_copy)
-    if _starts_like_json(source):
-        return _open_index_json(path, source, zero_copy)
-    return Opened(path, [_shard(source, region)])
+    shard = _open_file(path, how)
+    if _starts_like_json(shard):
+        return _open_index_json(path, shard, how)
+    return Opened(path, [_indexed(shard)])
 
 
 def _as_location(obj: Any) -> str | None:
@@ -79,19 +100,31 @@ def _is_prefix(path: str) -> bool:
     return os.path.isdir(path)
 
 
-def _single(obj: Any, zero_copy: bool) -> Opened:
-    source, region = _open_file(obj, zero_copy)
-    return Opened(source.name, [_shard(source, region)])
+def _single(obj: Any, how: _How) -> Opened:
+    shard = _indexed(_open_file(obj, how))
+    return Opened(shard.source.name, [shard])
 
 
-def _open_file(path: Any, zero_copy: bool) -> tuple[Any, Any]:
-    if zero_copy:
-        return _mapped.open_local(path)
-    return _sources.open_source(path), None
+def _open_file(path: Any, how: _How) -> Shard:
+    """A file opened, its index not read yet."""
+    if how.cache is not None and isinstance(path, str) and _cache.is_remote(path):
+        cached = _cache.open_remote(how.cache, path, lazy=how.lazy and not how.zero_copy)
+        return Shard(cached.source, None, cached.region, cached)
+    if how.zero_copy:
+        source, region = _mapped.open_local(path)
+        return Shard(source, None, region)
+    return Shard(_sources.open_source(path), None)
 
 
-def _shard(source: Any, region: Any) -> Shard:
-    return Shard(source, _native.read_index(source), region)
+def filler_of(shard: Shard) -> Any:
+    """What fills a partial cache entry on demand; None for any other file."""
+    return shard.cached.filler if shard.cached is not None else None
+
+
+def _indexed(shard: Shard) -> Shard:
+    filler = filler_of(shard)
+    shard.index = filler.read_index() if filler is not None else _native.read_index(shard.source)
+    return shard
 
 
 def _join(prefix: str, name: str) -> str:
@@ -100,52 +133,59 @@ def _join(prefix: str, name: str) -> str:
     return os.path.join(prefix, name)
 
 
-def _open_prefix(prefix: str, zero_copy: bool) -> Opened:
+def _open_prefix(prefix: str, how: _How) -> Opened:
     if not prefix.lower().startswith(_REMOTE):
         candidates = [n for n in _PREFIX_NAMES if os.path.isfile(os.path.join(prefix, n))]
         if candidates:
-            return open_checkpoint(os.path.join(prefix, candidates[0]), zero_copy=zero_copy)
-        return _open_local_folder(prefix, zero_copy)
+            return _open(os.path.join(prefix, candidates[0]), how)
+        return _open_local_folder(prefix, how)
     for name in _PREFIX_NAMES:
         try:
-            return _open_named(_join(prefix, name), zero_copy)
+            return _open_named(_join(prefix, name), how)
         except FileNotFoundError:
             continue
     raise FileNotFoundError(f"{prefix} holds none of {', '.join(_PREFIX_NAMES)}")
 
 
-def _open_local_folder(folder: str, zero_copy: bool) -> Opened:
+def _open_local_folder(folder: str, how: _How) -> Opened:
     names = sorted(os.listdir(folder))
     indexes = [n for n in names if n.endswith(INDEX_SUFFIX)]
     if len(indexes) == 1:
-        return open_checkpoint(os.path.join(folder, indexes[0]), zero_copy=zero_copy)
+        return _open(os.path.join(folder, indexes[0]), how)
     if len(indexes) > 1:
         raise ValueError(f"{folder} holds several checkpoint indexes ({', '.join(indexes)}): name one")
     files = [n for n in names if n.endswith(".safetensors")]
     if not files:
         raise FileNotFoundError(f"{folder} holds no checkpoint ({', '.join(_PREFIX_NAMES)} or *.safetensors)")
-    return Opened(folder, [_shard(*_open_file(os.path.join(folder, n), zero_copy)) for n in files])
+    return Opened(folder, [_indexed(_open_file(os.path.join(folder, n), how)) for n in files])
 
 
-def _starts_like_json(source: Any) -> bool:
+def _read_head(shard: Shard, n: int) -> bytes:
+    """The first ``n`` bytes of a file (at most its size)."""
+    buf = bytearray(min(shard.source.size, n))
+    filler = filler_of(shard)
+    if filler is not None:
+        filler.ensure([(0, len(buf))])
+    shard.source.read_into(0, buf)
+    return bytes(buf)
+
+
+def _starts_like_json(shard: Shard) -> bool:
     """Whether a file starts with '{' (after whitespace): an index, not a tensor file."""
-    head = bytearray(min(source.size, 64))
-    source.read_into(0, head)
-    return bytes(head).lstrip(b" \t\r\n")[:1] == b"{"
+    return _read_head(shard, 64).lstrip(b" \t\r\n")[:1] == b"{"
 
 
-def _open_index_json(path: str, source: Any, zero_copy: bool) -> Opened:
-    shard_names = shard_names_of(_read_small(source), path)
+def _open_index_json(path: str, shard: Shard, how: _How) -> Opened:
+    shard_names = shard_names_of(_read_small(shard), path)
     base = posixpath.dirname(path) if path.lower().startswith(_REMOTE) else os.path.dirname(path)
-    return Opened(path, [_shard(*_open_file(_join(base, n), zero_copy)) for n in shard_names])
+    return Opened(path, [_indexed(_open_file(_join(base, n), how)) for n in shard_names])
 
 
-def _read_small(source: Any) -> bytes:
+def _read_small(shard: Shard) -> bytes:
+    source = shard.source
     if source.size > _MAX_INDEX_JSON:
         raise FormatError(f"{source.name}: {source.size} bytes is too large for a checkpoint index", field="index")
-    buf = bytearray(source.size)
-    source.read_into(0, buf)
-    return bytes(buf)
+    return _read_head(shard, source.size)
 
 
 def shard_names_of(raw: bytes, label: str) -> list[str]:

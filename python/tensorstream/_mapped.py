@@ -38,7 +38,8 @@ def open_local(obj: Any) -> tuple[Any, mmap.mmap | None]:
     if isinstance(obj, (str, bytes, os.PathLike)):
         path = os.fsdecode(obj)
         if path.lower().startswith(("http://", "https://", "s3://")):
-            raise ValueError("zero_copy=True needs a local file; remote files are always copied")
+            raise ValueError("zero_copy=True needs a local file; remote files are copied unless a cache holds "
+                             "them (cache_dir= or TENSORSTREAM_CACHE_DIR)")
         if "\0" in path:
             raise ValueError("embedded NUL byte in the path")
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)

@@ -25,20 +25,22 @@ __all__ = ["safe_open", "load_file", "MAX_RUNS"]
 _NAMES = _dtypes.SAFETENSORS  # torch dtype -> safetensors dtype name
 
 
-def load_file(uri: Any, device: _device.DeviceLike = "cpu") -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint as ``{name: tensor}``, as ``safetensors.torch.load_file``."""
-    with TensorDeserializer(uri, device=device) as d:
+def load_file(uri: Any, device: _device.DeviceLike = "cpu", *, cache_dir: Any = None) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint as ``{name: tensor}``, as ``safetensors.torch.load_file``
+    (``cache_dir``: as :class:`~tensorstream.TensorDeserializer`'s)."""
+    with TensorDeserializer(uri, device=device, cache_dir=cache_dir) as d:
         return {name: d[name] for name in d.keys()}
 
 
 class safe_open:  # noqa: N801 - the name safetensors gives it
     """A lazily read checkpoint; a context manager, as ``safetensors.safe_open``."""
 
-    def __init__(self, uri: Any, framework: str = "pt", device: _device.DeviceLike = "cpu") -> None:
+    def __init__(self, uri: Any, framework: str = "pt", device: _device.DeviceLike = "cpu", *,
+                 cache_dir: Any = None) -> None:
         if framework not in ("pt", "torch"):
             raise ValueError(f"framework {framework!r} is not supported: tensorstream builds torch tensors ('pt')")
         self._device = _device.resolve(device)
-        self._d = TensorDeserializer(uri, device=self._device, lazy_load=True)
+        self._d = TensorDeserializer(uri, device=self._device, lazy_load=True, cache_dir=cache_dir)
         self._name = self._d._source.name
 
     def __enter__(self) -> safe_open:

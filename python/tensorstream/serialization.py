@@ -16,9 +16,10 @@ from typing import Any, NamedTuple
 import numpy
 import torch
 
-from . import _assign, _checkpoint, _device, _dtypes, _loading, _mapped, _names, _native, _progress, _ring
+from . import _assign, _cache, _checkpoint, _device, _dtypes, _loading, _mapped, _names, _native, _progress, _ring
 from . import _shards, _slice_reads, _slices, _sources, _staging, _stats
 from . import encryption as _encryption
+from . import errors as _errors
 from .encryption import DecryptionParams, EncryptionParams
 
 __all__ = ["TensorType", "TensorSerializer", "TensorDeserializer", "EncryptionParams", "DecryptionParams"]
@@ -308,6 +309,11 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     its storage (``shard_plan`` makes the usual even split). All selected tensors of a load are
     read in one engine run that fetches only the ranges the parts need (see :meth:`get_slice`
     for encrypted files and ``verify_hash``). ``zero_copy=True`` cannot be combined with it.
+
+    ``cache_dir`` (a folder; None: ``TENSORSTREAM_CACHE_DIR``; False: no cache) keeps a local copy
+    of ``http(s)://`` and ``s3://`` files, checked against the remote's size, ETag and
+    Last-Modified at each open (see ``_cache``). A complete entry loaded to the CPU unencrypted is
+    used in place, as with ``zero_copy``; a lazy load caches the ranges it reads.
     """
 
     def __init__(
@@ -326,8 +332,10 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         zero_copy: bool = False,
         progress: bool | None = None,
         slices: _slice_reads.Plan | None = None,
+        cache_dir: Any = None,
     ) -> None:
         encryption = _encryption.reading_params(encryption)
+        cache = _cache.resolve(cache_dir)
         self._progress = _progress.wanted(progress)
         self.stats = _stats.LoadStats()
         self._device = _device.resolve(device)
@@ -350,32 +358,52 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self._digests: dict[int, Any] = {}  # index position -> _core.HeaderDigest, for verify_module
         self._last_read = -1  # position in self._records of the last tensor read_tensors yielded
         self.total_bytes_read = 0
-        opened = _checkpoint.open_checkpoint(path_or_file, zero_copy=zero_copy)
+        self._fillers: list[Any] = []  # per shard: what fills its partial cache entry (lazy), else None
+        self._cached: list[tuple[Any, Any]] = []  # (cache entry, index) of the shards read from the cache
+        for attempt in (1, 2):  # a cached copy that fails its hashes is fetched again, once
+            opened = _checkpoint.open_checkpoint(path_or_file, zero_copy=zero_copy, cache=cache, lazy=lazy_load)
+            try:
+                self._open(opened, filter_func, num_readers or 0, encryption, zero_copy, lazy_load, slices)
+                return
+            except _errors.HashMismatchError as exc:
+                if attempt == 2 or not _discard(_cached_entries(opened.shards), exc):
+                    opened = None  # a traceback the caller keeps holds this frame, not the files
+                    self.close()
+                    raise
+                logger.warning("%s: the cached copy failed its hash check (%s); fetching it again", opened.name, exc)
+                opened = None
+                self._release()
+            except BaseException:
+                opened = None
+                self.close()
+                raise
+
+    def _open(self, opened: _checkpoint.Opened, filter_func: FilterFunc | None, threads: int, encryption: Any,
+              zero_copy: bool, lazy_load: bool, slices: _slice_reads.Plan | None) -> None:
+        """Reads the opened checkpoint's index and, for an eager load, every selected tensor."""
         self._source, self._index = _source_and_index(opened)
         self._label: str = self._source.name
-        try:
-            if self._verify_hash and self._index.format != "tensorizer":
-                raise ValueError(f"{self._source.name} is safetensors, which stores no hashes: verify_hash=True "
-                                 "cannot check it (load it without verify_hash)")
-            _encryption.check_file(self._index.encrypted, encryption, self._source.name)
-            if zero_copy and self._index.encrypted:
-                raise ValueError(f"{self._source.name} is encrypted: zero_copy=True needs an unencrypted file")
-            self._records = _select(self._index, filter_func)
-            self._by_path = {r.path: r for r in self._records}
-            self._tree = _names.registry_of([r.path for r in self._records])
-            self._planned = _slice_reads.planned(slices, self._records)  # path -> Selection
-            self.total_tensor_bytes = sum(r.nbytes for r in self._records)
-            self._loader, self._load = self._make_loader(opened.shards, num_readers or 0, zero_copy)
-            _encryption.apply_to_loader(self._loader, encryption)
-            self._backend: str = self._loader.backend
-            if not lazy_load:
-                with self._lock:
-                    self._fetch(self._records, self._verify_hash, pooled=True)
-                    self._release()
-        except BaseException:
-            opened = None  # a traceback the caller keeps holds this frame, not the files
-            self.close()
-            raise
+        self._fillers = [_checkpoint.filler_of(s) for s in opened.shards]
+        self._cached = _cached_entries(opened.shards)
+        self._entries = [s.index.entries for s in opened.shards] if any(self._fillers) else []
+        if self._verify_hash and self._index.format != "tensorizer":
+            raise ValueError(f"{self._source.name} is safetensors, which stores no hashes: verify_hash=True "
+                             "cannot check it (load it without verify_hash)")
+        _encryption.check_file(self._index.encrypted, encryption, self._source.name)
+        if zero_copy and self._index.encrypted:
+            raise ValueError(f"{self._source.name} is encrypted: zero_copy=True needs an unencrypted file")
+        self._records = _select(self._index, filter_func)
+        self._by_path = {r.path: r for r in self._records}
+        self._tree = _names.registry_of([r.path for r in self._records])
+        self._planned = _slice_reads.planned(slices, self._records)  # path -> Selection
+        self.total_tensor_bytes = sum(r.nbytes for r in self._records)
+        self._loader, self._load = self._make_loader(opened.shards, threads, zero_copy)
+        _encryption.apply_to_loader(self._loader, encryption)
+        self._backend: str = self._loader.backend
+        if not lazy_load:
+            with self._lock:
+                self._fetch(self._records, self._verify_hash, pooled=True)
+                self._release()
 
     def _make_loader(self, shards: list[_checkpoint.Shard], threads: int, zero_copy: bool) -> tuple[Any, Callable]:
         """The loader of the file (or of every shard, driven together) and its load function."""
@@ -385,8 +413,10 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         return _shards.ShardedLoader([ld for ld, _ in loaders], loaders[0][1]), _shards.load
 
     def _loader_for(self, shard: _checkpoint.Shard, threads: int, zero_copy: bool) -> tuple[Any, Callable]:
-        """The loader of one file, and the function that loads records through it."""
-        if zero_copy:
+        """The loader of one file, and the function that loads records through it. A complete
+        cache entry loaded to the CPU unencrypted is used where it lies, as with zero_copy."""
+        on_cpu = self._device.type == "cpu" and not _ring.wanted(self._device)
+        if zero_copy or (shard.region is not None and on_cpu and not shard.index.encrypted):
             return _mapped.MappedLoader(shard.source, shard.region, threads=threads), _mapped.load
         if _ring.wanted(self._device):
             return _ring.RingLoader(shard.source, self._device, threads=threads), _ring.load
@@ -583,6 +613,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
                         "the hashes of tensors not loaded before the deserializer was closed are not known; "
                         "call verify_module before close(), or load the tensors first"
                     )
+                self._fill([r for r in records if r.pos in set(missing)], data=False)
                 self._digests.update((d.entry, d) for d in _native.read_digests(self._source, self._index, missing))
             return {r.pos: self._digests[r.pos] for r in records}
 
@@ -621,6 +652,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         if self._source is None or self._closed:
             raise ValueError("the deserializer is closed; open a new one to read more tensors")
         rec = self._by_path[path]
+        self._fill([rec], data=True)
         if isinstance(self._index, _shards.ShardedIndex):
             shard, local = self._index.locate(rec.pos)
             return self._source.sources[shard], self._index.parts[shard].entries[local].data_offset, rec
@@ -629,6 +661,25 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     def _release(self) -> None:
         self._loader = None
         self._source = None
+        self._fillers = []
+        self._cached = []
+
+    def _fill(self, records: Sequence[_loading.Record], *, data: bool) -> None:
+        """Brings the headers (and with ``data``, the bytes) of ``records`` into the partial cache
+        entries they lie in: one fetch per entry for what it lacks. Nothing for other files."""
+        if not any(self._fillers):
+            return
+        sharded = isinstance(self._index, _shards.ShardedIndex)
+        spans: dict[int, list[tuple[int, int]]] = {}
+        for rec in records:
+            shard, local = self._index.locate(rec.pos) if sharded else (0, rec.pos)
+            if self._fillers[shard] is None:
+                continue
+            e = self._entries[shard][local]
+            end = e.data_offset + e.data_length if data else e.data_offset
+            spans.setdefault(shard, []).append((e.header_offset, end - e.header_offset))
+        for shard, wanted in spans.items():
+            self._fillers[shard].ensure(wanted)
 
     def _subtree(self, prefix: tuple, node: dict, *, proxies: bool, filter_func: FilterFunc | None = None) -> Any:
         leaves = [p for p in _leaves(node) if filter_func is None or filter_func(_names.public(p))]
@@ -716,10 +767,15 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self._loading_thread = threading.get_ident()
         bar = _progress.Bar(sum(r.nbytes for r in records), f"loading {name}", self._progress)
         try:  # no local holds the loader: a traceback the caller keeps must not keep it alive
+            self._fill(records, data=True)
             with bar, _progress.Poller(bar, _progress.bytes_read(self._loader)):
                 loaded, module_idx = self._load(self._loader, self._index, records, verify_hash, pooled=pooled)
             stats = self._loader.stats()
             digests = self._loader.digests()
+        except _errors.HashMismatchError as exc:
+            if not pooled:  # lazy: a cached entry goes; the next load fetches it again
+                _discard(self._cached, exc)
+            raise
         finally:
             self._loading_thread = None
             if self._closed:  # close() came while loading (a LoadCancelled, unless too late)
@@ -760,6 +816,21 @@ def _source_and_index(opened: _checkpoint.Opened) -> tuple[Any, Any]:
     names = [s.source.name for s in opened.shards]
     sources = [s.source for s in opened.shards]
     return _Checkpoint(opened.name, sources), _shards.ShardedIndex([s.index for s in opened.shards], names)
+
+
+def _cached_entries(shards: Sequence[_checkpoint.Shard]) -> list[tuple[Any, Any]]:
+    """``(cache entry, index)`` of the shards opened through the cache."""
+    return [(s.cached.entry, s.index) for s in shards if s.cached is not None]
+
+
+def _discard(cached: Sequence[tuple[Any, Any]], exc: _errors.HashMismatchError) -> bool:
+    """Removes the cache entries that hold the tensor ``exc`` names (all of them when it names
+    none); False when no file came from the cache."""
+    named = [entry for entry, index in cached if exc.tensor is not None and any(
+        str(_names.public(_names.decode(e.name))) == exc.tensor for e in index.entries)]
+    for entry in named or [entry for entry, _ in cached]:
+        entry.discard()
+    return bool(cached)
 
 
 def _select(index: Any, filter_func: FilterFunc | None) -> list[_loading.Record]:
