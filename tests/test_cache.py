@@ -27,7 +27,6 @@ from tensorstream import TensorDeserializer, _cache, _core
 pytestmark = pytest.mark.skipif(getattr(_core, "HttpSource", None) is None, reason="built without libcurl")
 
 _LOG_LINE = re.compile(r'"(\w+) (\S+) HTTP/[\d.]+" (\d+) (\d+)')
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -174,7 +173,7 @@ def test_processes_loading_at_once_fetch_it_once(server, tmp_path):
     tensorstream.save(want, server.root / "big.tensors")
     url = server.url("big.tensors", capped=True)
     cache, go = tmp_path / "cache", tmp_path / "go"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "python"), os.environ.get("PYTHONPATH", "")])}
+    env = dict(os.environ)  # the children import the same tensorstream as this process
     procs, readies = [], []
     for i in range(3):
         ready = tmp_path / f"ready{i}"

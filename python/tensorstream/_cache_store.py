@@ -166,6 +166,7 @@ class Entry:
                "last_modified": side.identity.last_modified, "complete": side.complete,
                "ranges": [] if side.complete else [list(r) for r in side.ranges], "head": side.head}
         _write_atomically(self.side_path, json.dumps(doc).encode())
+        _mark_used(self.side_path)
 
     def _complete_locked(self, side: Sidecar) -> CachedFile | None:
         """The published file, if its size is the sidecar's (else it is removed: None)."""
@@ -181,7 +182,7 @@ class Entry:
                 self._remove_locked()
                 return None
             with contextlib.suppress(OSError):
-                os.utime(self.side_path)  # last use, for eviction
+                _mark_used(self.side_path)
             return self._as_complete(fd, size)
         finally:
             os.close(fd)
@@ -408,10 +409,10 @@ def usage(root: str) -> dict[str, tuple[int, float]]:
                 st = item.stat(follow_symlinks=False)
                 slot = found.setdefault(stem, [0, 0.0])
                 if suffix == "json":
-                    slot[1] = st.st_mtime
+                    slot[1] = st.st_mtime_ns
                 else:
                     slot[0] += st.st_blocks * 512
-                    slot[1] = slot[1] or st.st_mtime
+                    slot[1] = slot[1] or st.st_mtime_ns
     return {k: (int(v[0]), v[1]) for k, v in found.items()}
 
 
@@ -431,3 +432,11 @@ def evict(config: Any, *, keep: str) -> None:
     if total > config.max_bytes:
         logger.warning("cache %s holds %d bytes, over its bound of %d: the entries left are in use",
                        config.root, total, config.max_bytes)
+
+
+def _mark_used(path: str) -> None:
+    """Records a last use in the sidecar's mtime, from the fine clock (file systems stamp files
+    from a coarse one, so two uses a few ms apart would otherwise tie)."""
+    now = time.time_ns()
+    with contextlib.suppress(OSError):
+        os.utime(path, ns=(now, now))
