@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 
 import _system
@@ -235,7 +236,7 @@ def _load_worker(spec: dict) -> dict:
         expected = json.load(f)["tensors"]
     load = _loader(spec["method"], spec.get("key_file"))
     settle(spec)
-    if spec["method"] == "ts-reload":
+    if spec["method"] == "ts-reload" or spec.get("preload"):
         _load_and_free(load, spec["path"])
     base = _system.status_mib("VmRSS")
     t0 = time.perf_counter()
@@ -247,8 +248,11 @@ def _load_worker(spec: dict) -> dict:
         problems = ["data arrived after the load returned (touched bytes differ)"]
     if hasattr(handle, "close"):
         handle.close()
-    return {"seconds": seconds, "engine": engine, "base_rss_mib": base,
-            "check": "FAIL: " + "; ".join(problems[:3]) if problems else "pass"}
+    out = {"seconds": seconds, "engine": engine, "base_rss_mib": base,
+           "check": "FAIL: " + "; ".join(problems[:3]) if problems else "pass"}
+    if "tensorstream" in sys.modules:  # what the per-host ramp chose (bench_concurrency)
+        out["hosts"] = sys.modules["tensorstream"]._native.host_concurrency()
+    return out
 
 
 def _fresh_buffer(size: int, huge: bool) -> tuple[memoryview, object]:

@@ -32,7 +32,7 @@ import _system  # noqa: E402
 import bench_local  # noqa: E402
 from bench_local import GIB, log  # noqa: E402
 
-DEFAULT_CONNECTIONS = 32  # TENSORSTREAM_HTTP_CONNECTIONS when unset
+DEFAULT_CONNECTIONS = 64  # TENSORSTREAM_HTTP_CONNECTIONS unset: auto, which ramps up to 64 per host
 REFERENCE = "ts-http"
 TARGET_SHARE = 0.85
 TARGET_VS_TENSORIZER = 10
@@ -144,6 +144,9 @@ def run_load(args, spec: tuple, url: str, workdir: str, crc: int, env: dict) -> 
         res["check"] = f"FAIL: loaded through the {engine!r} engine, not http"
     if loader == "runai":
         res["engine"] = f"concurrency {connections or 'default'}"
+    elif loader.startswith("ts-") and "TENSORSTREAM_HTTP_CONNECTIONS" not in own_env:
+        level = max((h["connections"] for h in res.get("hosts") or []), default=None)
+        res["engine"] = f"{engine or '?'}, auto" + (f" ({level} in flight)" if level else "")
     elif connections:
         res["engine"] = f"{engine or '?'}, {connections} connections"
     return res

@@ -29,6 +29,15 @@ void register_digests(py::module_& m) {
       .def_readonly("entry", &ts::HeaderDigest::entry)
       .def_property_readonly("has_hashes",
                              [](const ts::HeaderDigest& d) { return d.crc32.has_value() || d.sha256.has_value(); })
+      .def_property_readonly(
+          "kinds",
+          [](const ts::HeaderDigest& d) {
+            std::vector<std::string> out;
+            if (d.crc32) out.emplace_back("crc32");
+            if (d.sha256) out.emplace_back("sha256");
+            return out;
+          },
+          "The hashes the tensor's header stores: 'crc32', 'sha256' (empty: none).")
       .def(
           "matches",
           [](const ts::HeaderDigest& self, uintptr_t address, uint64_t nbytes) {
