@@ -28,6 +28,7 @@ from .errors import (
     LoadCancelled,
     NetworkError,
     NotFoundError,
+    RankFailedError,
     TensorstreamError,
 )
 from .encryption import DecryptionParams, EncryptionParams
@@ -56,6 +57,7 @@ __all__ = [
     "NetworkError",
     "AuthenticationError",
     "NotFoundError",
+    "RankFailedError",
     "CudaError",
     "CudaUnavailableError",
     "save",
@@ -86,7 +88,9 @@ def save(module_or_state_dict: torch.nn.Module | Mapping | Sequence, path: Any) 
 def load(path: Any, device: DeviceLike = None, **kwargs: Any) -> Any:
     """All tensors of a file: ``{name: tensor}``, or the nested dicts / lists it was saved from.
 
-    ``kwargs`` go to :class:`TensorDeserializer` (``filter_func``, ``dtype``, ``verify_hash``...).
+    ``kwargs`` go to :class:`TensorDeserializer` (``filter_func``, ``dtype``, ``verify_hash``...);
+    ``process_group=`` shares the reading among the ranks of a ``torch.distributed`` group (each
+    rank reads a part and the group exchanges the rest; see the deserializer).
     """
     with TensorDeserializer(path, device=device, **kwargs) as deserializer:
         return deserializer.tree(default={})
@@ -107,7 +111,8 @@ def load_module(
     RuntimeError if the file and the module do not hold the same parameters and buffers with the
     same shapes. ``strict=False`` loads as tensorizer's ``load_into_module`` does (the file's
     tensors are registered or replace the module's); a tensor the file lacks and the module left
-    unallocated is still an error.
+    unallocated is still an error. ``process_group=`` (in ``kwargs``) loads across the ranks of a
+    ``torch.distributed`` group, as in :class:`TensorDeserializer`.
     """
     module = utils.no_init_or_tensor(module_class_or_factory)
     with TensorDeserializer(path, device=device, **kwargs) as deserializer:

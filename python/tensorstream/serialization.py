@@ -16,9 +16,10 @@ import numpy
 import torch
 
 from . import _assign, _checkpoint, _device, _dtypes, _loading, _mapped, _names, _native, _progress, _ring
-from . import _shards, _sources, _staging, _stats
+from . import _coop_plan, _cooperative, _group, _shards, _sources, _staging, _stats
 from . import encryption as _encryption
 from .encryption import DecryptionParams, EncryptionParams
+from .errors import RankFailedError
 
 __all__ = ["TensorType", "TensorSerializer", "TensorDeserializer", "EncryptionParams", "DecryptionParams"]
 
@@ -300,6 +301,17 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     ``progress=True`` shows a bar (bytes, GB/s, ETA) on a terminal while tensors load (None: the
     ``TENSORSTREAM_PROGRESS`` setting). ``stats`` (a ``LoadStats``) sums bytes and seconds per
     stage over this deserializer's loads.
+
+    ``process_group`` loads together with the other ranks of a ``torch.distributed`` group:
+    ``True`` or ``"default"`` for the default group, or a ``ProcessGroup``; None (the default) or
+    False loads alone. Every rank of the group must make the same call (same file, filter_func,
+    verify_hash; device and dtype may differ). Each rank reads about ``1/world`` of the tensor
+    bytes (runs of consecutive tensors), checks hashes and decrypts what it read, and the ranks
+    broadcast their shares to each other (see ``_cooperative``); every rank ends with the tensors
+    of a plain load. An error on any rank raises :class:`~tensorstream.errors.RankFailedError` on
+    every rank, naming it. Loads are eager: ``lazy_load`` and ``zero_copy`` are refused with it.
+    ``total_bytes_read`` counts what this rank read, and ``verify_module`` knows the hashes of
+    those tensors only. The group is neither made nor destroyed here.
     """
 
     def __init__(
@@ -317,6 +329,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         encryption: Any = None,
         zero_copy: bool = False,
         progress: bool | None = None,
+        process_group: Any = None,
     ) -> None:
         encryption = _encryption.reading_params(encryption)
         self._progress = _progress.wanted(progress)
@@ -339,8 +352,16 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self._digests: dict[int, Any] = {}  # index position -> _core.HeaderDigest, for verify_module
         self._last_read = -1  # position in self._records of the last tensor read_tensors yielded
         self.total_bytes_read = 0
-        opened = _checkpoint.open_checkpoint(path_or_file, zero_copy=zero_copy)
-        self._source, self._index = _source_and_index(opened)
+        self._team = _group.resolve(process_group, self._device)
+        if self._team is not None and (lazy_load or zero_copy):
+            raise ValueError("process_group loads every tensor at once across the ranks: it cannot be combined "
+                             f"with {'lazy_load' if lazy_load else 'zero_copy'}=True")
+        agreed = False  # with a team: whether the ranks agreed on what they open
+        if self._team is None:
+            opened = _checkpoint.open_checkpoint(path_or_file, zero_copy=zero_copy)
+            self._source, self._index = _source_and_index(opened)
+        else:
+            opened = self._open_together(path_or_file)
         try:
             if self._verify_hash and self._index.format != "tensorizer":
                 raise ValueError(f"{self._source.name} is safetensors, which stores no hashes: verify_hash=True "
@@ -355,21 +376,41 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             self._loader, self._load = self._make_loader(opened.shards, num_readers or 0, zero_copy)
             _encryption.apply_to_loader(self._loader, encryption)
             self._backend: str = self._loader.backend
+            if self._team is not None:
+                facts = (self._index.format, self._index.file_size, self._verify_hash, self._loader.facts())
+                self._team.agree(None, "opening", _coop_plan.fingerprint(self._records, *facts))
+                agreed = True
             if not lazy_load:
                 with self._lock:
                     self._fetch(self._records, self._verify_hash, pooled=True)
                     self._release()
-        except BaseException:
+        except BaseException as exc:
             opened = None  # a traceback the caller keeps holds this frame, not the files
             self.close()
+            if self._team is not None and not agreed and not isinstance(exc, RankFailedError):
+                self._team.agree(exc, "opening")  # this rank failed: every rank raises, none waits
+            raise
+
+    def _open_together(self, path_or_file: Any) -> _checkpoint.Opened:
+        """Opens the checkpoint on this rank; if that fails, every rank of the team hears of it."""
+        try:
+            opened = _checkpoint.open_checkpoint(path_or_file)
+            self._source, self._index = _source_and_index(opened)
+            return opened
+        except BaseException as exc:
+            self._team.agree(exc, "opening")
             raise
 
     def _make_loader(self, shards: list[_checkpoint.Shard], threads: int, zero_copy: bool) -> tuple[Any, Callable]:
         """The loader of the file (or of every shard, driven together) and its load function."""
         if len(shards) == 1:
-            return self._loader_for(shards[0], threads, zero_copy)
-        loaders = [self._loader_for(s, threads, zero_copy) for s in shards]
-        return _shards.ShardedLoader([ld for ld, _ in loaders], loaders[0][1]), _shards.load
+            loader, load = self._loader_for(shards[0], threads, zero_copy)
+        else:
+            loaders = [self._loader_for(s, threads, zero_copy) for s in shards]
+            loader, load = _shards.ShardedLoader([ld for ld, _ in loaders], loaders[0][1]), _shards.load
+        if self._team is not None:
+            return _cooperative.CoopLoader(loader, self._team, self._device), _cooperative.load
+        return loader, load
 
     def _loader_for(self, shard: _checkpoint.Shard, threads: int, zero_copy: bool) -> tuple[Any, Callable]:
         """The loader of one file, and the function that loads records through it."""
