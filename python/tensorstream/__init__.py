@@ -28,6 +28,7 @@ from .errors import (
     LoadCancelled,
     NetworkError,
     NotFoundError,
+    RankFailedError,
     TensorstreamError,
 )
 from .encryption import DecryptionParams, EncryptionParams
@@ -57,6 +58,7 @@ __all__ = [
     "NetworkError",
     "AuthenticationError",
     "NotFoundError",
+    "RankFailedError",
     "CudaError",
     "CudaUnavailableError",
     "save",
@@ -90,7 +92,9 @@ def load(path: Any, device: DeviceLike = None, **kwargs: Any) -> Any:
     """All tensors of a file: ``{name: tensor}``, or the nested dicts / lists it was saved from.
 
     ``kwargs`` go to :class:`TensorDeserializer` (``filter_func``, ``dtype``, ``verify_hash``,
-    ``slices=shard_plan(rank, world_size)`` for one tensor-parallel rank's part, ``cache_dir``...).
+    ``slices=shard_plan(rank, world_size)`` for one tensor-parallel rank's part, ``cache_dir``...);
+    ``process_group=`` shares the reading among the ranks of a ``torch.distributed`` group (each
+    rank reads a part and the group exchanges the rest; see the deserializer).
     """
     with TensorDeserializer(path, device=device, **kwargs) as deserializer:
         return deserializer.tree(default={})
@@ -111,7 +115,9 @@ def load_module(
     RuntimeError if the file and the module do not hold the same parameters and buffers with the
     same shapes. ``strict=False`` loads as tensorizer's ``load_into_module`` does (the file's
     tensors are registered or replace the module's); a tensor the file lacks and the module left
-    unallocated is still an error. ``kwargs`` go to :class:`TensorDeserializer` (``cache_dir``...).
+    unallocated is still an error. ``kwargs`` go to :class:`TensorDeserializer` (``cache_dir``...);
+    ``process_group=`` (in ``kwargs``) loads across the ranks of a ``torch.distributed`` group, as in
+    :class:`TensorDeserializer`.
     """
     module = utils.no_init_or_tensor(module_class_or_factory)
     with TensorDeserializer(path, device=device, **kwargs) as deserializer:

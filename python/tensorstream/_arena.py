@@ -73,6 +73,14 @@ def slices(spans: Sequence[tuple[int, int]], size: int) -> list[torch.Tensor]:
     return slices_of(region, base, spans)
 
 
+def slices_and_whole(spans: Sequence[tuple[int, int]], size: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """As :func:`slices`, and one uint8 tensor over the arena's first ``size`` bytes (offsets as
+    in ``spans``), for moving ranges that span several slices; dropping it frees nothing early."""
+    region, base = _region(-(-size // HUGE_PAGE) * HUGE_PAGE)
+    whole = torch.frombuffer(memoryview(region)[base:base + size], dtype=torch.uint8)
+    return slices_of(region, base, spans), whole
+
+
 def slices_of(region: mmap.mmap, base: int, spans: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
     """One uint8 tensor with a storage of its own for each ``(offset, nbytes)`` of ``region``,
     offsets counted from ``base``; ``nbytes`` must be positive. The whole pages inside a tensor

@@ -18,6 +18,7 @@ __all__ = [
     "LoadCancelled",
     "CudaError",
     "CudaUnavailableError",
+    "RankFailedError",
 ]
 
 
@@ -127,3 +128,25 @@ class CudaError(TensorstreamError, RuntimeError):
 class CudaUnavailableError(CudaError):
     """Loading to a GPU was asked for, but CUDA cannot be used here: no NVIDIA driver
     (``libcuda.so.1``), no such device, or a driver that fails to start. The message says which."""
+
+
+class RankFailedError(TensorstreamError):
+    """A load across the ranks of a process group (``process_group=``) failed on at least one rank.
+
+    It is raised on every rank of the group, so that no rank waits for bytes that will not come.
+    ``rank`` is the first failing rank of the group (None when it cannot be told: a rank that left
+    without a word while the group exchanged data), ``failures`` maps each failing rank to its
+    error as ``"TypeName: message"``, and ``error_type`` is the type name of ``rank``'s error
+    (``"HashMismatchError"``, ``"NotFoundError"``...; None when unknown). On a failing rank the
+    local error is also the ``__cause__``.
+    """
+
+    def __init__(self, message: str, rank: int | None = None, failures: dict[int, str] | None = None,
+                 error_type: str | None = None):
+        super().__init__(message)
+        self.rank = rank
+        self.failures = dict(failures or {})
+        self.error_type = error_type
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.rank, self.failures, self.error_type))

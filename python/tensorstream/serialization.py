@@ -16,11 +16,12 @@ from typing import Any, NamedTuple
 import numpy
 import torch
 
-from . import _assign, _cache, _checkpoint, _device, _dtypes, _loading, _mapped, _names, _native, _progress, _ring
-from . import _shards, _slice_reads, _slices, _sources, _staging, _stats
+from . import _assign, _cache, _checkpoint, _coop_plan, _cooperative, _device, _dtypes, _group, _loading, _mapped
+from . import _names, _native, _progress, _ring, _shards, _slice_reads, _slices, _sources, _staging, _stats
 from . import encryption as _encryption
 from . import errors as _errors
 from .encryption import DecryptionParams, EncryptionParams
+from .errors import RankFailedError
 
 __all__ = ["TensorType", "TensorSerializer", "TensorDeserializer", "EncryptionParams", "DecryptionParams"]
 
@@ -314,6 +315,17 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     of ``http(s)://`` and ``s3://`` files, checked against the remote's size, ETag and
     Last-Modified at each open (see ``_cache``). A complete entry loaded to the CPU unencrypted is
     used in place, as with ``zero_copy``; a lazy load caches the ranges it reads.
+
+    ``process_group`` loads together with the other ranks of a ``torch.distributed`` group:
+    ``True`` or ``"default"`` for the default group, or a ``ProcessGroup``; None (the default) or
+    False loads alone. Every rank of the group must make the same call (same file, filter_func,
+    verify_hash; device and dtype may differ). Each rank reads about ``1/world`` of the tensor
+    bytes (runs of consecutive tensors), checks hashes and decrypts what it read, and the ranks
+    broadcast their shares to each other (see ``_cooperative``); every rank ends with the tensors
+    of a plain load. An error on any rank raises :class:`~tensorstream.errors.RankFailedError` on
+    every rank, naming it. Loads are eager: ``lazy_load`` and ``zero_copy`` are refused with it.
+    ``total_bytes_read`` counts what this rank read, and ``verify_module`` knows the hashes of
+    those tensors only. The group is neither made nor destroyed here.
     """
 
     def __init__(
@@ -333,6 +345,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         progress: bool | None = None,
         slices: _slice_reads.Plan | None = None,
         cache_dir: Any = None,
+        process_group: Any = None,
     ) -> None:
         encryption = _encryption.reading_params(encryption)
         cache = _cache.resolve(cache_dir)
@@ -358,15 +371,19 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self._digests: dict[int, Any] = {}  # index position -> _core.HeaderDigest, for verify_module
         self._last_read = -1  # position in self._records of the last tensor read_tensors yielded
         self.total_bytes_read = 0
+        self._team = _group.resolve(process_group, self._device)
+        if self._team is not None and (lazy_load or zero_copy or slices is not None):
+            what = "lazy_load=True" if lazy_load else "zero_copy=True" if zero_copy else "slices="
+            raise ValueError(f"process_group loads every tensor at once across the ranks: it cannot be combined with {what}")
         self._fillers: list[Any] = []  # per shard: what fills its partial cache entry (lazy), else None
         self._cached: list[tuple[Any, Any]] = []  # (cache entry, index) of the shards read from the cache
-        for attempt in (1, 2):  # a cached copy that fails its hashes is fetched again, once
-            opened = _checkpoint.open_checkpoint(path_or_file, zero_copy=zero_copy, cache=cache, lazy=lazy_load)
+        for attempt in (1, 2):  # a cached copy that fails its hashes is fetched again, once (alone only)
+            opened = self._open_checkpoint(path_or_file, zero_copy, cache, lazy_load)
             try:
                 self._open(opened, filter_func, num_readers or 0, encryption, zero_copy, lazy_load, slices)
                 return
             except _errors.HashMismatchError as exc:
-                if attempt == 2 or not _discard(_cached_entries(opened.shards), exc):
+                if attempt == 2 or self._team is not None or not _discard(_cached_entries(opened.shards), exc):
                     opened = None  # a traceback the caller keeps holds this frame, not the files
                     self.close()
                     raise
@@ -378,39 +395,63 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
                 self.close()
                 raise
 
+    def _open_checkpoint(self, path_or_file: Any, zero_copy: bool, cache: Any, lazy: bool) -> _checkpoint.Opened:
+        """Opens the checkpoint; with a team, a failure here is heard by every rank."""
+        try:
+            return _checkpoint.open_checkpoint(path_or_file, zero_copy=zero_copy, cache=cache, lazy=lazy)
+        except BaseException as exc:
+            if self._team is not None:
+                self._team.agree(exc, "opening")
+            raise
+
     def _open(self, opened: _checkpoint.Opened, filter_func: FilterFunc | None, threads: int, encryption: Any,
               zero_copy: bool, lazy_load: bool, slices: _slice_reads.Plan | None) -> None:
-        """Reads the opened checkpoint's index and, for an eager load, every selected tensor."""
-        self._source, self._index = _source_and_index(opened)
-        self._label: str = self._source.name
-        self._fillers = [_checkpoint.filler_of(s) for s in opened.shards]
-        self._cached = _cached_entries(opened.shards)
-        self._entries = [s.index.entries for s in opened.shards] if any(self._fillers) else []
-        if self._verify_hash and self._index.format != "tensorizer":
-            raise ValueError(f"{self._source.name} is safetensors, which stores no hashes: verify_hash=True "
-                             "cannot check it (load it without verify_hash)")
-        _encryption.check_file(self._index.encrypted, encryption, self._source.name)
-        if zero_copy and self._index.encrypted:
-            raise ValueError(f"{self._source.name} is encrypted: zero_copy=True needs an unencrypted file")
-        self._records = _select(self._index, filter_func)
-        self._by_path = {r.path: r for r in self._records}
-        self._tree = _names.registry_of([r.path for r in self._records])
-        self._planned = _slice_reads.planned(slices, self._records)  # path -> Selection
-        self.total_tensor_bytes = sum(r.nbytes for r in self._records)
-        self._loader, self._load = self._make_loader(opened.shards, threads, zero_copy)
-        _encryption.apply_to_loader(self._loader, encryption)
-        self._backend: str = self._loader.backend
-        if not lazy_load:
-            with self._lock:
-                self._fetch(self._records, self._verify_hash, pooled=True)
-                self._release()
+        """Reads the opened checkpoint's index and, for an eager load, every selected tensor (with a
+        team, once every rank has opened the same thing)."""
+        agreed = False  # with a team: whether the ranks agreed on what they open
+        try:
+            self._source, self._index = _source_and_index(opened)
+            self._label: str = self._source.name
+            self._fillers = [_checkpoint.filler_of(s) for s in opened.shards]
+            self._cached = _cached_entries(opened.shards)
+            self._entries = [s.index.entries for s in opened.shards] if any(self._fillers) else []
+            if self._verify_hash and self._index.format != "tensorizer":
+                raise ValueError(f"{self._source.name} is safetensors, which stores no hashes: verify_hash=True "
+                                 "cannot check it (load it without verify_hash)")
+            _encryption.check_file(self._index.encrypted, encryption, self._source.name)
+            if zero_copy and self._index.encrypted:
+                raise ValueError(f"{self._source.name} is encrypted: zero_copy=True needs an unencrypted file")
+            self._records = _select(self._index, filter_func)
+            self._by_path = {r.path: r for r in self._records}
+            self._tree = _names.registry_of([r.path for r in self._records])
+            self._planned = _slice_reads.planned(slices, self._records)  # path -> Selection
+            self.total_tensor_bytes = sum(r.nbytes for r in self._records)
+            self._loader, self._load = self._make_loader(opened.shards, threads, zero_copy)
+            _encryption.apply_to_loader(self._loader, encryption)
+            self._backend: str = self._loader.backend
+            if self._team is not None:
+                facts = (self._index.format, self._index.file_size, self._verify_hash, self._loader.facts())
+                self._team.agree(None, "opening", _coop_plan.fingerprint(self._records, *facts))
+                agreed = True
+            if not lazy_load:
+                with self._lock:
+                    self._fetch(self._records, self._verify_hash, pooled=True)
+                    self._release()
+        except BaseException as exc:
+            if self._team is not None and not agreed and not isinstance(exc, RankFailedError):
+                self._team.agree(exc, "opening")  # this rank failed: every rank raises, none waits
+            raise
 
     def _make_loader(self, shards: list[_checkpoint.Shard], threads: int, zero_copy: bool) -> tuple[Any, Callable]:
         """The loader of the file (or of every shard, driven together) and its load function."""
         if len(shards) == 1:
-            return self._loader_for(shards[0], threads, zero_copy)
-        loaders = [self._loader_for(s, threads, zero_copy) for s in shards]
-        return _shards.ShardedLoader([ld for ld, _ in loaders], loaders[0][1]), _shards.load
+            loader, load = self._loader_for(shards[0], threads, zero_copy)
+        else:
+            loaders = [self._loader_for(s, threads, zero_copy) for s in shards]
+            loader, load = _shards.ShardedLoader([ld for ld, _ in loaders], loaders[0][1]), _shards.load
+        if self._team is not None:
+            return _cooperative.CoopLoader(loader, self._team, self._device), _cooperative.load
+        return loader, load
 
     def _loader_for(self, shard: _checkpoint.Shard, threads: int, zero_copy: bool) -> tuple[Any, Callable]:
         """The loader of one file, and the function that loads records through it. A complete
