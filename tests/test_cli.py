@@ -102,6 +102,21 @@ def test_info_json_describes_the_index(model):
         assert raw[row["offset"] : row["offset"] + row["bytes"]] == t.reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
+def test_info_lists_the_hashes_each_tensor_stores(model, tmp_path):
+    d = json.loads(cli("info", model, "--json", "--tensors").stdout)
+    assert d["hashes"] == {"read": True, "crc32": 4, "sha256": 4, "none": 0}
+    assert all(t["hashes"] == ["crc32", "sha256"] for t in d["tensors"])
+    assert "crc32 on 4, sha256 on 4, none on 0" in cli("info", model).stdout
+    quick = json.loads(cli("info", model, "--json", "--no-hashes", "--tensors").stdout)
+    assert quick["hashes"]["read"] is False and all(t["hashes"] is None for t in quick["tensors"])
+    from safetensors.torch import save_file
+
+    st = tmp_path / "plain.safetensors"
+    save_file({"w": torch.ones(3)}, str(st))
+    d = json.loads(cli("info", st, "--json").stdout)
+    assert d["format"] == "safetensors" and d["hashes"] == {"read": False, "why": "safetensors stores no hashes"}
+
+
 def test_info_text(model):
     result = cli("info", model)
     assert result.returncode == 0
