@@ -43,12 +43,18 @@ run_asan() {
   # streamer's S3 backend fails with the runtime preloaded); the core's HTTP and S3 paths run in
   # test_http, test_s3 and test_contract. The command line, conversion and Hugging Face suites
   # are left out too: they are Python layers over loads and saves that the other suites drive
-  # through the same core calls, and they would double the pass's time.
+  # through the same core calls, and they would double the pass's time. So are the other
+  # benchmarks' smoke tests (whole benchmark runs of many processes), diffusers pipelines and the
+  # loads across ranks (process groups of several torch processes, each making a plain load's
+  # core calls).
   PYTHONMALLOC=malloc PYTHONPATH="$PWD/$build/pkg" \
     LD_PRELOAD="$("$CXX" -print-file-name=libasan.so):$("$CXX" -print-file-name=libstdc++.so)" \
     ASAN_OPTIONS=detect_leaks=0:quarantine_size_mb=32 \
     "$PY" -m pytest -p no:cacheprovider --ignore=tests/test_bench_http_smoke.py \
-    --ignore=tests/test_cli.py --ignore=tests/test_hf.py --ignore=tests/test_convert.py "$@"
+    --ignore=tests/test_cli.py --ignore=tests/test_hf.py --ignore=tests/test_convert.py \
+    --ignore=tests/test_bench_safetensors_smoke.py --ignore=tests/test_bench_concurrency_smoke.py \
+    --ignore=tests/test_bench_fleet_smoke.py --ignore=tests/test_hf_diffusers.py \
+    --ignore=tests/test_cooperative.py "$@"
 }
 
 run_tsan() {

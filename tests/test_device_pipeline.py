@@ -564,3 +564,23 @@ def test_cuda_peak_host_memory_is_the_ring_plus_a_little(tmp_path, gpu):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["bytes"] == 512 * MIB and out["first"] == 1.0
     assert (out["after_kib"] - out["before_kib"]) / 1024 <= ring_mb + 300
+
+
+def test_the_shards_of_a_checkpoint_share_one_ring_budget(standin, tmp_path):
+    from safetensors.torch import save_file
+
+    standin("host", ring_mb=64, slots=4)
+    want = {f"layer.{i}.weight": random_tensor((256, 256), torch.float32, 40 + i) for i in range(6)}
+    names = sorted(want)
+    weight_map = {}
+    for k, part in enumerate((names[:2], names[2:4], names[4:])):
+        file = f"model-{k + 1:05d}-of-00003.safetensors"
+        save_file({n: want[n] for n in part}, str(tmp_path / file))
+        weight_map.update({n: file for n in part})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    with TensorDeserializer(str(tmp_path), device="cpu", lazy_load=True) as d:  # lazy: the loaders stay
+        for name, t in want.items():
+            assert_same(d[name], t)
+        rings = [part.core.ring_bytes for part in d._loader.parts]
+    assert len(rings) == 3 and sum(rings) <= 64 << 20  # one ring's memory in all, not one ring per shard
+    assert all(r >= 16 << 20 for r in rings)

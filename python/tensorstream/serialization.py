@@ -438,6 +438,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
                     self._fetch(self._records, self._verify_hash, pooled=True)
                     self._release()
         except BaseException as exc:
+            opened = None  # a traceback the caller keeps holds this frame, not the files
             if self._team is not None and not agreed and not isinstance(exc, RankFailedError):
                 self._team.agree(exc, "opening")  # this rank failed: every rank raises, none waits
             raise
@@ -447,20 +448,22 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         if len(shards) == 1:
             loader, load = self._loader_for(shards[0], threads, zero_copy)
         else:
-            loaders = [self._loader_for(s, threads, zero_copy) for s in shards]
+            ring_share = _ring.share_of_budget(len(shards))  # the shards' rings together hold one ring's memory
+            loaders = [self._loader_for(s, threads, zero_copy, ring_share) for s in shards]
             loader, load = _shards.ShardedLoader([ld for ld, _ in loaders], loaders[0][1]), _shards.load
         if self._team is not None:
             return _cooperative.CoopLoader(loader, self._team, self._device), _cooperative.load
         return loader, load
 
-    def _loader_for(self, shard: _checkpoint.Shard, threads: int, zero_copy: bool) -> tuple[Any, Callable]:
+    def _loader_for(self, shard: _checkpoint.Shard, threads: int, zero_copy: bool,
+                    ring_bytes: int | None = None) -> tuple[Any, Callable]:
         """The loader of one file, and the function that loads records through it. A complete
         cache entry loaded to the CPU unencrypted is used where it lies, as with zero_copy."""
         on_cpu = self._device.type == "cpu" and not _ring.wanted(self._device)
         if zero_copy or (shard.region is not None and on_cpu and not shard.index.encrypted):
             return _mapped.MappedLoader(shard.source, shard.region, threads=threads), _mapped.load
         if _ring.wanted(self._device):
-            return _ring.RingLoader(shard.source, self._device, threads=threads), _ring.load
+            return _ring.RingLoader(shard.source, self._device, threads=threads, ring_bytes=ring_bytes), _ring.load
         return _native.Loader(shard.source, threads=threads), _loading.load
 
     # Properties ----------------------------------------------------------------------------
