@@ -392,3 +392,22 @@ def test_single_rank_group_in_this_process(files, tmp_path):
         assert torch.distributed.is_initialized()
     finally:
         torch.distributed.destroy_process_group()
+
+
+@pytest.mark.cuda
+def test_a_group_of_one_over_nccl_loads_onto_the_gpu(files, tmp_path):
+    """The NCCL path (run by the GPU check): a default group of one on NCCL, loading onto the GPU
+    through the group, gives the tensors of a plain CPU load."""
+    if not torch.cuda.is_available() or not torch.distributed.is_nccl_available():
+        if os.environ.get("TENSORSTREAM_TEST_REQUIRE_CUDA") == "1":  # the GPU check: a skip is a failure
+            pytest.fail("no CUDA GPU or no NCCL in this torch")
+        pytest.skip("no CUDA GPU or no NCCL in this torch")
+    if torch.distributed.is_initialized():
+        pytest.skip("a default group already exists in this process")
+    torch.distributed.init_process_group("nccl", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        got = tensorstream.load(str(files["plain"]), device="cuda", process_group=True, verify_hash=True)
+        assert all(t.device.type == "cuda" for t in got.values())
+        assert summary({k: t.cpu() for k, t in got.items()}) == reference(files["plain"])
+    finally:
+        torch.distributed.destroy_process_group()
