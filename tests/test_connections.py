@@ -13,6 +13,7 @@ import torch
 
 import tensorstream
 from _http_servers import FaultServer
+from _places import evict
 from _tensors import assert_same, random_tensor
 from tensorstream import FormatError, TensorDeserializer, TensorSerializer, _core, _native
 
@@ -163,12 +164,7 @@ def test_the_medium_of_a_local_file_picks_the_queue_depth(tmp_path):
     src = _core.FileSource(str(path))
     warm = _core.medium(src)
     assert warm["kind"] == "cached" and warm["resident"] > 0.9 and warm["queue_depth"] == 2
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    evict(path)
     cold = _core.medium(src)
     if cold["resident"] > 0.5:
         pytest.skip("this file system keeps the file cached (tmpfs?)")

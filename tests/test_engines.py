@@ -7,18 +7,13 @@ import pytest
 import torch
 
 import tensorstream
+from _places import evict
 from tensorstream import _core
 
 pytestmark = pytest.mark.skipif(not _core.features()["io_uring"], reason="io_uring unavailable here")
 
 
-def _evict(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+_evict = evict
 
 
 @pytest.mark.parametrize("evict", [False, True], ids=["cached", "evicted"])

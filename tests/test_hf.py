@@ -11,8 +11,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from _places import save_and_load_place  # noqa: E402
 from tensorstream import hf  # noqa: E402
-from tensorstream import _core  # noqa: E402
 
 
 def _llama():
@@ -36,24 +36,7 @@ def _logits(model):
 @pytest.fixture
 def place(request, tmp_path, monkeypatch):
     """(where to save, where to load from) for one medium."""
-    kind = request.param
-    if kind != "file" and getattr(_core, "HttpSource", None) is None:
-        pytest.skip("the core was built without libcurl")
-    if kind == "file":
-        return str(tmp_path / "model"), str(tmp_path / "model")
-    if kind == "http":
-        nginx = request.getfixturevalue("nginx")
-        name = f"hf-{os.getpid()}-{request.node.name}".replace("[", "-").replace("]", "")
-        return str(nginx.root / name), nginx.url(name + "/")
-    s3 = request.getfixturevalue("moto_s3")
-    bucket = s3.create_bucket()
-    for name in [n for n in os.environ if n.startswith("AWS_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
-    return f"s3://{bucket}/models/tiny/", f"s3://{bucket}/models/tiny"
+    return save_and_load_place(request, tmp_path, monkeypatch, "model")
 
 
 @pytest.mark.parametrize("place", ["file", "http", "s3"], indirect=True)

@@ -16,7 +16,8 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-from tensorstream import TensorSerializer, _core, hf  # noqa: E402
+from _places import save_and_load_place  # noqa: E402
+from tensorstream import TensorSerializer, hf  # noqa: E402
 
 SHARD = 20_000  # bytes: splits the UNets' safetensors into shards
 
@@ -99,24 +100,7 @@ def _public(config):
 @pytest.fixture
 def place(request, tmp_path, monkeypatch):
     """(where to save, where to load from) for one medium."""
-    kind = request.param
-    if kind != "file" and getattr(_core, "HttpSource", None) is None:
-        pytest.skip("the core was built without libcurl")
-    if kind == "file":
-        return str(tmp_path / "pipe"), str(tmp_path / "pipe")
-    if kind == "http":
-        nginx = request.getfixturevalue("nginx")
-        name = f"hfd-{os.getpid()}-{request.node.name}".replace("[", "-").replace("]", "")
-        return str(nginx.root / name), nginx.url(name + "/")
-    s3 = request.getfixturevalue("moto_s3")
-    bucket = s3.create_bucket()
-    for name in [n for n in os.environ if n.startswith("AWS_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
-    return f"s3://{bucket}/pipes/tiny/", f"s3://{bucket}/pipes/tiny"
+    return save_and_load_place(request, tmp_path, monkeypatch, "pipe")
 
 
 @pytest.mark.parametrize("place", ["file", "http", "s3"], indirect=True)
