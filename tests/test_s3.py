@@ -57,6 +57,40 @@ def test_explicit_arguments_win(_isolated_config, monkeypatch):
     assert loc.credentials_from == "arguments"
 
 
+def test_explicit_keys_read_no_credential_file(_isolated_config, monkeypatch):
+    aws = _isolated_config / ".aws"
+    aws.mkdir()
+    (aws / "credentials").write_text("[default]\naws_access_key_id = FILEKEY\naws_secret_access_key = f\n"
+                                     "aws_session_token = FILETOKEN\n")
+    (aws / "config").write_text("[default]\nregion = eu-north-1\n")
+    (_isolated_config / ".s3cfg").write_text("[default]\naccess_key = CFGKEY\nsecret_key = c\naccess_token = CFGTOKEN\n")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "ENVTOKEN")
+    monkeypatch.setenv("AWS_PROFILE", "absent")  # a profile that exists nowhere is no error: it is not needed
+    real_open, opened = open, []
+
+    def spy(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", spy)
+    loc = _s3.resolve("s3://bkt/k", "ARGKEY", SECRET)
+    assert loc.signer.access_key_id == "ARGKEY" and loc.credentials_from == "arguments"
+    assert _token_of(loc) is None  # no token from the files or the environment with explicit keys
+    assert not [p for p in opened if p.endswith(("credentials", ".s3cfg"))], opened
+    assert _token_of(_s3.resolve("s3://bkt/k", "ARGKEY", SECRET, s3_session_token="ARGTOKEN")) == "ARGTOKEN"
+
+
+@pytest.mark.parametrize("given", ["key_id", "secret"])
+def test_an_explicit_key_is_never_paired_with_one_from_a_file(_isolated_config, monkeypatch, given):
+    (_isolated_config / ".s3cfg").write_text("[default]\naccess_key = CFGKEY\nsecret_key = cfgsecret\n")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ENVKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "envsecret")
+    kwargs = {"s3_access_key_id": "ARGKEY"} if given == "key_id" else {"s3_secret_access_key": SECRET}
+    with pytest.raises(ValueError, match="never paired") as err:
+        _s3.resolve("s3://bkt/k", **kwargs)
+    assert "ARGKEY" not in str(err.value) and SECRET not in str(err.value)
+
+
 def test_s3cfg_is_read_before_the_aws_chain(_isolated_config, monkeypatch):
     (_isolated_config / ".s3cfg").write_text(
         "[default]\naccess_key = CFGKEY\nsecret_key = cfgsecret\nhost_base = objects.example:8080\n"

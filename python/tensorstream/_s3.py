@@ -9,6 +9,12 @@ Credentials are looked up in tensorizer's order, then in the AWS chain:
 4. the profile ``AWS_PROFILE`` (else ``default``) in ``~/.aws/credentials`` and ``~/.aws/config``
    (or ``AWS_SHARED_CREDENTIALS_FILE`` / ``AWS_CONFIG_FILE``).
 
+Explicit keys stand alone: given both, no credential file is read (the s3cmd file only when
+``s3_config_path`` names it, for its endpoint; ``~/.aws/credentials`` never; ``~/.aws/config`` for
+the region and endpoint only) and no token is taken from anywhere but ``s3_session_token``; given
+one without the other, nothing is looked up to complete the pair (tensorizer completes it from the
+s3cmd file, pairing a key ID with a secret it was not given with): a ValueError.
+
 With no credentials anywhere (or with both keys given as ``""``, as in tensorizer) requests are
 sent unsigned, which public buckets accept. The endpoint comes from the arguments, the s3cmd
 file, ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, the profile's ``endpoint_url``, else AWS
@@ -168,9 +174,10 @@ def _profile_section(parser: configparser.ConfigParser | None, name: str, config
     return {}
 
 
-def _from_aws(env: dict[str, str]) -> _Found:
+def _from_aws(env: dict[str, str], secrets: bool = True) -> _Found:
+    """The AWS chain's credentials (with ``secrets``), endpoint, region and addressing style."""
     found = _Found()
-    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+    if secrets and env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
         found.key_id = env["AWS_ACCESS_KEY_ID"]
         found.secret = env["AWS_SECRET_ACCESS_KEY"]
         found.token = env.get("AWS_SESSION_TOKEN") or None
@@ -178,9 +185,10 @@ def _from_aws(env: dict[str, str]) -> _Found:
     profile = env.get("AWS_PROFILE") or env.get("AWS_DEFAULT_PROFILE") or "default"
     cred_path = os.path.expanduser(env.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials")
     conf_path = os.path.expanduser(env.get("AWS_CONFIG_FILE") or "~/.aws/config")
-    creds = _profile_section(_read_ini(cred_path) if os.path.exists(cred_path) else None, profile, False)
+    creds = (_profile_section(_read_ini(cred_path) if os.path.exists(cred_path) else None, profile, False)
+             if secrets else {})
     conf = _profile_section(_read_ini(conf_path) if os.path.exists(conf_path) else None, profile, True)
-    if found.key_id is None:
+    if secrets and found.key_id is None:
         for section, path in ((creds, cred_path), (conf, conf_path)):
             if section.get("aws_access_key_id") and section.get("aws_secret_access_key"):
                 found.key_id = section["aws_access_key_id"]
@@ -188,7 +196,7 @@ def _from_aws(env: dict[str, str]) -> _Found:
                 found.token = section.get("aws_session_token") or None
                 found.source = f"{path} [{profile}]"
                 break
-    if env.get("AWS_PROFILE") and not creds and not conf:
+    if secrets and env.get("AWS_PROFILE") and not creds and not conf:
         raise ValueError(f"AWS_PROFILE names profile {profile!r}, which is in neither {cred_path} nor {conf_path}")
     found.endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or conf.get("endpoint_url")
     found.region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or conf.get("region")
@@ -226,8 +234,16 @@ def resolve(
     bucket, key = parse_uri(uri)
     explicit = _Found(s3_access_key_id, s3_secret_access_key, s3_session_token, s3_endpoint, s3_region_name)
     explicit.source = "arguments"
-    cfg = _from_s3cfg(s3_config_path)
-    aws = _from_aws(env)
+    given = s3_access_key_id is not None or s3_secret_access_key is not None
+    if given and (s3_access_key_id is None or s3_secret_access_key is None):
+        have, missing = (("s3_access_key_id", "s3_secret_access_key") if s3_secret_access_key is None
+                         else ("s3_secret_access_key", "s3_access_key_id"))
+        raise ValueError(f"S3 credentials are incomplete: {have} was given without {missing} (an explicit key "
+                         "is never paired with one from a file or the environment)")
+    cfg = _from_s3cfg(s3_config_path) if not given or s3_config_path is not None else _Found()
+    if given:  # the file's keys and token belong with each other, not with the explicit ones
+        cfg.key_id = cfg.secret = cfg.token = None
+    aws = _from_aws(env, secrets=not given)
 
     key_id, secret, token, source = explicit.key_id, explicit.secret, explicit.token, "arguments"
     if key_id is None or secret is None:
