@@ -66,6 +66,7 @@ class MappedLoader(_native.CoreWrapper):
     mapping that tensors are sliced from."""
 
     backend = "mmap"
+    inline = True  # nothing to wait on without hashing: sharded loads run it in the caller's thread
 
     def __init__(self, source: Any, region: mmap.mmap | None, *, threads: int = 0) -> None:
         self.core = _native.Loader(source, threads=threads)

@@ -111,7 +111,10 @@ def load(
     def run(shard: int) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
         return loader.load_one(loader.parts[shard], index.parts[shard], by_shard[shard], verify_hash, pooled=pooled)
 
-    if len(by_shard) == 1:
+    # Loaders with no reads to wait on (mapped files without hashing) run here, one after another:
+    # starting a thread per shard would cost more than their work.
+    inline = not verify_hash and all(getattr(loader.parts[s], "inline", False) for s in by_shard)
+    if len(by_shard) == 1 or inline:
         results = {shard: run(shard) for shard in by_shard}
     else:
         with ThreadPoolExecutor(max_workers=len(by_shard), thread_name_prefix="tensorstream-shard") as pool:
