@@ -1,5 +1,7 @@
 #include "tensorstream/runtime.hpp"
 
+#include "tensorstream/per_process.hpp"
+
 #include <pthread.h>
 #include <unistd.h>
 
@@ -122,23 +124,8 @@ class Pool {
   bool stopping_ = false;
 };
 
-// The current pool, made on first use; replaced in a child of fork() (pid check, and the atfork
-// handler that gives the child a free lock).
-std::mutex* g_mu = new std::mutex;
-Pool* g_pool = nullptr;
-
-void after_fork_in_child() {
-  g_mu = new (g_mu) std::mutex;  // whatever a parent thread held, the child's lock is free
-  g_pool = nullptr;              // the parent's pool is left alone (its threads are not here)
-}
-
-Pool& pool() {
-  static const bool registered = [] { return pthread_atfork(nullptr, nullptr, after_fork_in_child) == 0; }();
-  (void)registered;
-  std::lock_guard<std::mutex> lock(*g_mu);
-  if (!g_pool || g_pool->pid != ::getpid()) g_pool = new Pool;
-  return *g_pool;
-}
+// The current pool, made on first use; replaced in a child of fork().
+Pool& pool() { return PerProcess<Pool>::get(); }
 
 }  // namespace
 
@@ -169,13 +156,7 @@ void count_ring_made() {
 void count_ring_gone() { --g_rings_alive; }
 
 void shutdown_runtime(double wait_s) {
-  Pool* p;
-  {
-    std::lock_guard<std::mutex> lock(*g_mu);
-    p = g_pool;
-    g_pool = nullptr;
-  }
-  if (p && p->pid == ::getpid()) p->stop(wait_s);
+  if (Pool* p = PerProcess<Pool>::release()) p->stop(wait_s);
 }
 
 }  // namespace ts

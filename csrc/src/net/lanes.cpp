@@ -1,8 +1,5 @@
 #include "lanes.hpp"
 
-#include <pthread.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <map>
 #include <mutex>
@@ -11,6 +8,7 @@
 
 #include "curl_setup.hpp"
 #include "ramp.hpp"
+#include "tensorstream/per_process.hpp"
 
 namespace ts::net {
 
@@ -56,32 +54,15 @@ struct Host {
   std::vector<std::unique_ptr<Lane>> idle;
 };
 
-// The process's lanes by host. Never destroyed (lanes may be returned during exit); a child of
-// fork() gets a new one and leaves the parent's handles alone: their sockets and TLS sessions are
-// the parent's.
+// The process's lanes by host (PerProcess: a child of fork() gets a new one and leaves the
+// parent's handles alone: their sockets and TLS sessions are the parent's).
 struct Pool {
-  pid_t pid = ::getpid();
   std::mutex mu;
   std::map<std::string, Host> hosts;
+  std::atomic<size_t> made{0};  // lanes made, each a new connection set
 };
 
-std::mutex* g_mu = new std::mutex;
-Pool* g_pool = nullptr;
-std::atomic<size_t> g_made{0};
-
-void after_fork_in_child() {
-  g_mu = new (g_mu) std::mutex;
-  g_pool = nullptr;
-  g_made = 0;
-}
-
-Pool& pool() {
-  static const bool registered = [] { return pthread_atfork(nullptr, nullptr, after_fork_in_child) == 0; }();
-  (void)registered;
-  std::lock_guard<std::mutex> lock(*g_mu);
-  if (!g_pool || g_pool->pid != ::getpid()) g_pool = new Pool;
-  return *g_pool;
-}
+Pool& pool() { return PerProcess<Pool>::get(); }
 
 Host& host_locked(Pool& p, const std::string& key) {
   Host& h = p.hosts[key];
@@ -117,7 +98,7 @@ LaneLease borrow_lanes(const std::string& key, size_t count, size_t handles_each
   for (auto& lane : lanes) lane->grow(handles_each);
   while (lanes.size() < count) {
     lanes.push_back(std::make_unique<Lane>(handles_each));
-    ++g_made;
+    ++pool().made;
   }
   return LaneLease(key, std::move(lanes));
 }
@@ -149,7 +130,7 @@ void close_idle_connections() {
   }
 }
 
-size_t lanes_made() { return g_made.load(); }
+size_t lanes_made() { return pool().made.load(); }
 
 std::vector<RampReport> ramp_reports() {
   std::vector<HostState*> states;
