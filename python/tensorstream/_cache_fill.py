@@ -8,17 +8,14 @@ into the page cache once. Ranges are recorded only after they are written and sy
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import mmap
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-Span = tuple[int, int]  # [start, end)
+from . import _native
 
-_FALLBACK_CHUNK = 8 << 20
-_FALLBACK_PARALLEL = 8
+Span = tuple[int, int]  # [start, end)
 
 
 def merge(spans: Iterable[Span]) -> list[Span]:
@@ -35,11 +32,12 @@ def merge(spans: Iterable[Span]) -> list[Span]:
 def missing(have: Sequence[Span], wanted: Iterable[Span]) -> list[Span]:
     """The parts of ``wanted`` that ``have`` (merged) does not cover, merged."""
     gaps: list[Span] = []
+    i = 0  # both lists are sorted: the spans of ``have`` before a wanted span are never looked at again
     for start, end in merge(wanted):
         at = start
-        for a, b in have:
-            if b <= at:
-                continue
+        while i < len(have) and have[i][1] <= at:
+            i += 1
+        for a, b in have[i:]:
             if a >= end:
                 break
             if a > at:
@@ -56,17 +54,6 @@ def covers(have: Sequence[Span], size: int) -> bool:
     return not missing(have, [(0, size)])
 
 
-def read_many(source: Any, pieces: list[tuple[int, Any]]) -> None:
-    """Fills each ``(offset, buffer)`` from ``source`` in one run of the core's range engine."""
-    if hasattr(source, "read_many"):
-        source.read_many(pieces)
-        return
-    chunks = [(off + at, buf[at:at + _FALLBACK_CHUNK]) for off, buf in pieces
-              for at in range(0, len(buf), _FALLBACK_CHUNK)]
-    with concurrent.futures.ThreadPoolExecutor(_FALLBACK_PARALLEL) as pool:
-        collections.deque(pool.map(lambda c: source.read_into(*c), chunks), maxlen=0)
-
-
 def fetch_into(fd: int, size: int, remote: Any, gaps: Sequence[Span]) -> None:
     """Reads ``gaps`` of ``remote`` into the file ``fd`` (of ``size`` bytes) and syncs them."""
     if not gaps:
@@ -78,7 +65,7 @@ def fetch_into(fd: int, size: int, remote: Any, gaps: Sequence[Span]) -> None:
         whole = memoryview(mapping)
         views = [whole[start:end] for start, end in gaps]
         try:
-            read_many(remote, [(start, view) for (start, _), view in zip(gaps, views, strict=True)])
+            _native.read_many(remote, [(start, view) for (start, _), view in zip(gaps, views, strict=True)])
         finally:
             for view in views:
                 view.release()

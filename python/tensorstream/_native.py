@@ -72,14 +72,8 @@ __all__ = [
 
 def read_many(source: Any, ranges: list[tuple[int, Any]]) -> None:
     """Read every ``(offset, writable buffer)`` of ``ranges`` from ``source`` in one engine run
-    (``Source.read_many``: parallel reads, the GIL released). Cores built before it was added
-    read them one ``read_into`` at a time."""
-    many = getattr(source, "read_many", None)
-    if many is not None:
-        many(ranges)
-        return
-    for offset, buffer in ranges:
-        source.read_into(offset, buffer)
+    (``Source.read_many``: parallel reads, the GIL released)."""
+    source.read_many(ranges)
 
 
 class CoreWrapper:

@@ -241,18 +241,14 @@ def resolve(
         raise ValueError(f"S3 credentials are incomplete: {have} was given without {missing} (an explicit key "
                          "is never paired with one from a file or the environment)")
     cfg = _from_s3cfg(s3_config_path) if not given or s3_config_path is not None else _Found()
-    if given:  # the file's keys and token belong with each other, not with the explicit ones
-        cfg.key_id = cfg.secret = cfg.token = None
     aws = _from_aws(env, secrets=not given)
 
     key_id, secret, token, source = explicit.key_id, explicit.secret, explicit.token, "arguments"
-    if key_id is None or secret is None:
+    if not given:  # the first complete pair found (with its token, unless one was given)
         for found in (cfg, aws):
             if found.key_id and found.secret:
-                key_id = found.key_id if key_id is None else key_id
-                secret = found.secret if secret is None else secret
+                key_id, secret, source = found.key_id, found.secret, found.source
                 token = token or found.token
-                source = found.source
                 break
     if (key_id is None) != (secret is None) or (bool(key_id) != bool(secret)):
         missing = "s3_secret_access_key" if secret in (None, "") else "s3_access_key_id"

@@ -15,14 +15,13 @@ from typing import Any
 
 import torch
 
-from . import _device, _dtypes
+from . import _device
 from ._slice_reads import TensorSlice
 from ._slices import MAX_RUNS
 from .serialization import TensorDeserializer
 
 __all__ = ["safe_open", "load_file", "MAX_RUNS"]
 
-_NAMES = _dtypes.SAFETENSORS  # torch dtype -> safetensors dtype name
 
 
 def load_file(uri: Any, device: _device.DeviceLike = "cpu", *, cache_dir: Any = None) -> dict[str, torch.Tensor]:

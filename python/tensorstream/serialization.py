@@ -445,24 +445,27 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
 
     def _make_loader(self, shards: list[_checkpoint.Shard], threads: int, zero_copy: bool) -> tuple[Any, Callable]:
         """The loader of the file (or of every shard, driven together) and its load function."""
+        ring = _ring.wanted(self._device)
         if len(shards) == 1:
-            loader, load = self._loader_for(shards[0], threads, zero_copy)
+            loader, load = self._loader_for(shards[0], threads, zero_copy, ring)
         else:
-            ring_share = _ring.share_of_budget(len(shards))  # the shards' rings together hold one ring's memory
-            loaders = [self._loader_for(s, threads, zero_copy, ring_share) for s in shards]
+            # The shards' rings together hold one ring's memory.
+            share = _ring.share_of_budget(len(shards)) if ring else None
+            loaders = [self._loader_for(s, threads, zero_copy, ring, share) for s in shards]
             loader, load = _shards.ShardedLoader([ld for ld, _ in loaders], loaders[0][1]), _shards.load
         if self._team is not None:
             return _cooperative.CoopLoader(loader, self._team, self._device), _cooperative.load
         return loader, load
 
-    def _loader_for(self, shard: _checkpoint.Shard, threads: int, zero_copy: bool,
+    def _loader_for(self, shard: _checkpoint.Shard, threads: int, zero_copy: bool, ring: bool,
                     ring_bytes: int | None = None) -> tuple[Any, Callable]:
-        """The loader of one file, and the function that loads records through it. A complete
-        cache entry loaded to the CPU unencrypted is used where it lies, as with zero_copy."""
-        on_cpu = self._device.type == "cpu" and not _ring.wanted(self._device)
+        """The loader of one file, and the function that loads records through it (``ring``: the
+        load goes through the device ring). A complete cache entry loaded to the CPU unencrypted
+        is used where it lies, as with zero_copy."""
+        on_cpu = self._device.type == "cpu" and not ring
         if zero_copy or (shard.region is not None and on_cpu and not shard.index.encrypted):
             return _mapped.MappedLoader(shard.source, shard.region, threads=threads), _mapped.load
-        if _ring.wanted(self._device):
+        if ring:
             return _ring.RingLoader(shard.source, self._device, threads=threads, ring_bytes=ring_bytes), _ring.load
         return _native.Loader(shard.source, threads=threads), _loading.load
 
@@ -650,14 +653,15 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     def _digests_of(self, records: Sequence[_loading.Record]) -> dict[int, Any]:
         """The hash digests of ``records`` by index position: kept from loads, else read now."""
         with self._lock:
-            missing = [r.pos for r in records if r.pos not in self._digests]
+            todo = [r for r in records if r.pos not in self._digests]
+            missing = [r.pos for r in todo]
             if missing:
                 if self._source is None:
                     raise RuntimeError(
                         "the hashes of tensors not loaded before the deserializer was closed are not known; "
                         "call verify_module before close(), or load the tensors first"
                     )
-                self._fill([r for r in records if r.pos in set(missing)], data=False)
+                self._fill(todo, data=False)
                 self._digests.update((d.entry, d) for d in _native.read_digests(self._source, self._index, missing))
             return {r.pos: self._digests[r.pos] for r in records}
 
@@ -696,7 +700,6 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         if self._source is None or self._closed:
             raise ValueError("the deserializer is closed; open a new one to read more tensors")
         rec = self._by_path[path]
-        self._fill([rec], data=True)
         if isinstance(self._index, _shards.ShardedIndex):
             shard, local = self._index.locate(rec.pos)
             return self._source.sources[shard], self._index.parts[shard].entries[local].data_offset, rec
@@ -782,6 +785,9 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self, records: Sequence[_loading.Record], sels: dict[_names.Path, _slices.Selection], *, pooled: bool
     ) -> dict[_names.Path, torch.Tensor]:
         """The selections of ``records``, read with one engine run per source, on the device."""
+        if self._source is None or self._closed:
+            raise ValueError("the deserializer is closed; open a new one to read more tensors")
+        self._fill(records, data=True)  # a partial cache entry: one fetch for all of them
         items = [_slice_reads.Item(r.path, *self._data_location(r.path)[:2], r, sels[r.path]) for r in records]
         host, fetched = _slice_reads.read(items, pooled=pooled and self._device.type == "cpu")
         self.total_bytes_read += fetched.bytes
