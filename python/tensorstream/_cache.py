@@ -106,10 +106,6 @@ def resolve(cache_dir: Any = None) -> Config | None:
     return Config(os.path.abspath(root), max_bytes, env["cache_offline"], env["cache_lock_timeout"])
 
 
-def is_remote(location: str) -> bool:
-    return location.lower().startswith(("http://", "https://", "s3://"))
-
-
 def identity_url(url: str) -> str:
     """``url`` without user info, fragment, or the query parameters that sign it (kept: the
     others, which may name a version of the object)."""

@@ -26,7 +26,6 @@ from .errors import FormatError
 INDEX_SUFFIX = ".safetensors.index.json"
 _PREFIX_NAMES = ("model.safetensors.index.json", "model.safetensors", "model.tensors")
 _MAX_INDEX_JSON = 64 << 20  # an index.json names shards; a bigger one is not an index
-_REMOTE = ("http://", "https://", "s3://")
 
 
 @dataclass
@@ -72,7 +71,7 @@ def _open(obj: Any, how: _How) -> Opened:
     try:
         return _open_named(path, how)
     except FileNotFoundError as missing:
-        if not path.lower().startswith(_REMOTE):
+        if not _sources.is_remote(path):
             raise
         try:
             return _open_prefix(path + "/", how)  # a remote "folder" is no object of its own
@@ -95,7 +94,7 @@ def _as_location(obj: Any) -> str | None:
 
 
 def _is_prefix(path: str) -> bool:
-    if path.lower().startswith(_REMOTE):
+    if _sources.is_remote(path):
         return path.endswith("/")
     return os.path.isdir(path)
 
@@ -107,7 +106,7 @@ def _single(obj: Any, how: _How) -> Opened:
 
 def _open_file(path: Any, how: _How) -> Shard:
     """A file opened, its index not read yet."""
-    if how.cache is not None and isinstance(path, str) and _cache.is_remote(path):
+    if how.cache is not None and isinstance(path, str) and _sources.is_remote(path):
         cached = _cache.open_remote(how.cache, path, lazy=how.lazy and not how.zero_copy)
         return Shard(cached.source, None, cached.region, cached)
     if how.zero_copy:
@@ -128,13 +127,13 @@ def _indexed(shard: Shard) -> Shard:
 
 
 def _join(prefix: str, name: str) -> str:
-    if prefix.lower().startswith(_REMOTE):
+    if _sources.is_remote(prefix):
         return prefix.rstrip("/") + "/" + name
     return os.path.join(prefix, name)
 
 
 def _open_prefix(prefix: str, how: _How) -> Opened:
-    if not prefix.lower().startswith(_REMOTE):
+    if not _sources.is_remote(prefix):
         candidates = [n for n in _PREFIX_NAMES if os.path.isfile(os.path.join(prefix, n))]
         if candidates:
             return _open(os.path.join(prefix, candidates[0]), how)
@@ -177,7 +176,7 @@ def _starts_like_json(shard: Shard) -> bool:
 
 def _open_index_json(path: str, shard: Shard, how: _How) -> Opened:
     shard_names = shard_names_of(_read_small(shard), path)
-    base = posixpath.dirname(path) if path.lower().startswith(_REMOTE) else os.path.dirname(path)
+    base = posixpath.dirname(path) if _sources.is_remote(path) else os.path.dirname(path)
     return Opened(path, [_indexed(_open_file(_join(base, n), how)) for n in shard_names])
 
 

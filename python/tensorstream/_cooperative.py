@@ -211,13 +211,14 @@ def _fill(loader: CoopLoader, index: Any, requests: list[tuple], verify: bool) -
     def run(shard: int) -> list[int]:
         return _fill_one(loader, loader.parts[shard], index.parts[shard], by_shard[shard], verify)
 
-    with ThreadPoolExecutor(max_workers=len(by_shard), thread_name_prefix="tensorstream-shard") as pool:
-        futures = {shard: pool.submit(run, shard) for shard in by_shard}
-        got = {shard: fut.result() for shard, fut in futures.items()}
-    order = {}
-    for shard, part in by_shard.items():
-        order.update(((shard, local), m) for (local, _, _), m in zip(part, got[shard], strict=True))
-    return [order[index.locate(pos)] for pos, _, _ in requests]
+    if len(by_shard) == 1:  # most rounds stay inside one shard: no thread to start
+        got = {shard: run(shard) for shard in by_shard}
+    else:
+        with ThreadPoolExecutor(max_workers=len(by_shard), thread_name_prefix="tensorstream-shard") as pool:
+            futures = {shard: pool.submit(run, shard) for shard in by_shard}
+            got = {shard: fut.result() for shard, fut in futures.items()}
+    # Requests come in index order and shards hold consecutive positions: shard order is request order.
+    return [m for shard in sorted(by_shard) for m in got[shard]]
 
 
 def _fill_one(loader: CoopLoader, part: Any, index: Any, requests: list[tuple], verify: bool) -> list[int]:

@@ -14,14 +14,11 @@ import torch
 from . import _safetensors_writer
 from ._loading import Record
 from ._safetensors_writer import join, output
+from ._sources import is_remote as remote
 from .serialization import TensorDeserializer, TensorSerializer, TensorType
 from .stream_io import open_stream
 
 MAX_SMALL = 64 << 20  # configs and tokenizer files; a bigger one is not what it is named
-
-
-def remote(uri: str) -> bool:
-    return uri.lower().startswith(("http://", "https://", "s3://"))
 
 
 def as_prefix(uri: str) -> str:

@@ -37,7 +37,7 @@ def open_local(obj: Any) -> tuple[Any, mmap.mmap | None]:
         raise ValueError("zero_copy=True needs a local file, not file contents in memory")
     if isinstance(obj, (str, bytes, os.PathLike)):
         path = os.fsdecode(obj)
-        if path.lower().startswith(("http://", "https://", "s3://")):
+        if _sources.is_remote(path):
             raise ValueError("zero_copy=True needs a local file; remote files are copied unless a cache holds "
                              "them (cache_dir= or TENSORSTREAM_CACHE_DIR)")
         if "\0" in path:

@@ -22,6 +22,7 @@ import torch
 
 from ._dtypes import SAFETENSORS as _NAMES
 from ._loading import Record
+from ._sources import is_remote
 from .stream_io import open_stream
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -29,11 +30,11 @@ INDEX_SUFFIX = ".safetensors.index.json"
 
 def is_folder(dst: str) -> bool:
     """Whether ``dst`` names a folder or prefix (ends with '/', or is a local folder)."""
-    return dst.endswith("/") or (not _remote(dst) and os.path.isdir(dst))
+    return dst.endswith("/") or (not is_remote(dst) and os.path.isdir(dst))
 
 
 def join(prefix: str, name: str) -> str:
-    return prefix.rstrip("/") + "/" + name if _remote(prefix) else os.path.join(prefix, name)
+    return prefix.rstrip("/") + "/" + name if is_remote(prefix) else os.path.join(prefix, name)
 
 
 def flat_name(name: Any) -> str:
@@ -102,7 +103,7 @@ def _layout(dst: str) -> tuple[str, str, bool]:
     unless the name ends with '.safetensors' or '.safetensors.index.json'."""
     if is_folder(dst):
         return dst, "model", False
-    name = posixpath.basename(dst) if _remote(dst) else os.path.basename(dst)
+    name = posixpath.basename(dst) if is_remote(dst) else os.path.basename(dst)
     folder = dst[: len(dst) - len(name)] or "."
     if name.endswith(INDEX_SUFFIX):
         return folder, name[: -len(INDEX_SUFFIX)], True
@@ -125,7 +126,7 @@ def _write_tensor(out: Any, item: tuple, rec: Record) -> None:
 @contextlib.contextmanager
 def output(path: str) -> Iterator[Any]:
     """A binary stream to ``path``; on an error a local file is removed, an upload aborted."""
-    if _remote(path):
+    if is_remote(path):
         if not path.lower().startswith("s3://"):
             raise ValueError(f"cannot write to {path.split('?')[0]}: write to a local path or s3://")
         with open_stream(path, "wb") as out:  # aborts the multipart upload on an error
@@ -143,5 +144,5 @@ def output(path: str) -> Iterator[Any]:
         raise
 
 
-def _remote(path: str) -> bool:
+def is_remote(path: str) -> bool:
     return path.lower().startswith(("http://", "https://", "s3://"))

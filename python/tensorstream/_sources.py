@@ -18,6 +18,14 @@ from typing import Any
 
 from . import _native, _s3, stream_io
 
+
+REMOTE_SCHEMES = ("http://", "https://", "s3://")
+
+
+def is_remote(location: str) -> bool:
+    """Whether a location names a URL or an S3 object rather than a local path."""
+    return location.lower().startswith(REMOTE_SCHEMES)
+
 MAGIC = b"|TZR|"
 _HTTP_PREFIXES = ("http://", "https://")
 _S3_PREFIX = "s3://"
