@@ -4,6 +4,7 @@
 
 #include "bindings.hpp"
 #include "nogil.hpp"
+#include "tensorstream/cuda/host_pool.hpp"
 #include "tensorstream/runtime.hpp"
 #include "tensorstream/settings.hpp"
 
@@ -50,6 +51,18 @@ void register_settings(py::module_& m) {
                     py::arg("jobs") = r.jobs, py::arg("rings_made") = r.rings_made, py::arg("rings_kept") = r.rings_kept,
                     py::arg("pid") = r.pid);
   });
+  m.def(
+      "host_pool_info",
+      [] {
+        const ts::HostPoolInfo i = ts::host_pool_info();
+        return py::dict(py::arg("blocks_made") = i.blocks_made, py::arg("blocks_freed") = i.blocks_freed,
+                        py::arg("takes") = i.takes, py::arg("in_use_bytes") = i.in_use_bytes,
+                        py::arg("idle_bytes") = i.idle_bytes, py::arg("limit_bytes") = i.limit_bytes,
+                        py::arg("idle_seconds") = i.idle_seconds);
+      },
+      "The process's pool of ring slots (pinned memory on CUDA): blocks made, freed, in use, idle.");
+  m.def("release_pinned_memory", &ts::release_idle_host_blocks, py::call_guard<release_gil>(),
+        "Free every idle ring slot the process keeps; returns the bytes freed.");
   m.def("shutdown_runtime", &ts::shutdown_runtime, py::arg("wait_s") = 2.0,
         py::call_guard<release_gil>(),
         "Stop the runtime's workers (idle ones at once); a later load starts new ones.");

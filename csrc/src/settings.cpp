@@ -98,6 +98,8 @@ const std::vector<Field>& fields() {
       uint_field("ring_mb", "TENSORSTREAM_RING_MB", &Settings::ring_mb, 1, 1u << 20),
       uint_field("ring_slots", "TENSORSTREAM_RING_SLOTS", &Settings::ring_slots, 1, 1024),
       uint_field("ring_lanes", "TENSORSTREAM_RING_LANES", &Settings::ring_lanes, 1, 64),
+      uint_field("pinned_mb", "TENSORSTREAM_PINNED_MB", &Settings::pinned_mb, 0, 1u << 22),
+      seconds_field("pinned_idle_s", "TENSORSTREAM_PINNED_IDLE_S", &Settings::pinned_idle_s),
       uint_field("cuda_streams", "TENSORSTREAM_CUDA_STREAMS", &Settings::cuda_streams, 0, 64),
       text_field("cuda_library", "TENSORSTREAM_CUDA_LIBRARY", &Settings::cuda_library, {}),
       text_field("device_standin", "TENSORSTREAM_DEVICE_STANDIN", &Settings::device_standin, {}),

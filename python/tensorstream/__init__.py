@@ -15,6 +15,9 @@ import torch
 from . import _cache, encryption, stream_io, utils
 from ._device import DeviceLike
 from ._native import core_features as _core_features
+from ._native import close_idle_connections, release_pinned_memory
+from ._native import host_pool_info as _host_pool_info
+from ._native import runtime_info as _runtime_info
 from ._settings import configure, configured
 from ._settings import describe as _describe_settings
 from .errors import (
@@ -70,6 +73,8 @@ __all__ = [
     "convert",
     "safetensors",
     "features",
+    "release_pinned_memory",
+    "close_idle_connections",
     "configure",
     "configured",
     "utils",
@@ -139,10 +144,15 @@ def features() -> dict[str, Any]:
     ``settings`` maps each setting's keyword to its value in effect; ``settings_origin`` says
     where each came from (``default``, ``environment`` or ``configure``). ``cache`` shows the
     local cache's variables (``TENSORSTREAM_CACHE_*``, read by the package, not the core).
+    ``runtime`` is what this process keeps (read workers, io_uring rings) and ``pinned_pool`` its
+    pool of ring slots (blocks made and freed, bytes in use and idle; see
+    :func:`release_pinned_memory`).
     """
     out = dict(_core_features())
     listed = _describe_settings()
     out["settings"] = {s["key"]: s["value"] for s in listed}
     out["settings_origin"] = {s["key"]: s["origin"] for s in listed}
     out["cache"] = _cache.from_env()
+    out["runtime"] = _runtime_info()
+    out["pinned_pool"] = _host_pool_info()
     return out

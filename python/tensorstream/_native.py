@@ -41,6 +41,8 @@ runtime_info = _core.runtime_info
 host_concurrency = getattr(_core, "host_concurrency", lambda: [])
 close_idle_connections = getattr(_core, "close_idle_connections", lambda: 0)
 shutdown_runtime = _core.shutdown_runtime
+host_pool_info = _core.host_pool_info
+release_pinned_memory = _core.release_pinned_memory
 
 __all__ = [
     "host_concurrency",
@@ -66,6 +68,8 @@ __all__ = [
     "setting_overrides",
     "runtime_info",
     "shutdown_runtime",
+    "host_pool_info",
+    "release_pinned_memory",
     "read_many",
 ]
 
@@ -104,3 +108,6 @@ class CoreWrapper:
 # The core's workers stop before the interpreter finalises: idle ones at once, one busy with a
 # load in a daemon thread after its current chunk, or left to the exit after a short wait.
 atexit.register(shutdown_runtime, 2.0)
+# Idle ring slots are freed while the CUDA driver is still there (atexit runs last-in first-out,
+# so this runs before the workers stop).
+atexit.register(release_pinned_memory)

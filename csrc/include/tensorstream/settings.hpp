@@ -25,6 +25,8 @@ struct Settings {
   unsigned ring_mb = 256;           // TENSORSTREAM_RING_MB
   unsigned ring_slots = 4;          // TENSORSTREAM_RING_SLOTS
   unsigned ring_lanes = 2;          // TENSORSTREAM_RING_LANES
+  unsigned pinned_mb = 1024;        // TENSORSTREAM_PINNED_MB: host memory the slot pool keeps
+  double pinned_idle_s = 60;        // TENSORSTREAM_PINNED_IDLE_S: idle slots freed after this; 0: kept
   unsigned cuda_streams = 0;        // TENSORSTREAM_CUDA_STREAMS; 0: one per slot, up to 4
   std::string cuda_library = "libcuda.so.1";  // TENSORSTREAM_CUDA_LIBRARY
   std::string device_standin;       // TENSORSTREAM_DEVICE_STANDIN (parsed by the Python layer)

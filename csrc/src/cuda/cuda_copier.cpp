@@ -1,6 +1,8 @@
-// The CUDA copier: pinned slots (cuMemHostAlloc), cuMemcpyHtoDAsync on non-blocking streams of the
-// device's primary context, and one event per slot. Every call makes the context current on the
-// calling thread for its duration, so any thread may drive it.
+// The CUDA copier: pinned slots (cuMemHostAlloc, through the process's pool), cuMemcpyHtoDAsync on
+// non-blocking streams of the device's primary context, and one event per slot. Every call makes
+// the context current on the calling thread for its duration, so any thread may drive it.
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "tensorstream/cuda/copier.hpp"
@@ -11,6 +13,41 @@ namespace ts {
 namespace {
 
 using namespace cuda;
+
+// Page-locked memory that every context may use (portable), made in the primary context of the
+// device first asked for; the allocator keeps that context alive while it lives, so the pool can
+// free blocks after every copier is gone.
+class PinnedAllocator final : public HostAllocator {
+ public:
+  explicit PinnedAllocator(int ordinal) : d_(driver()), ctx_(ordinal) {}
+  const char* kind() const override { return "cuda"; }
+  void* alloc(size_t bytes) override {
+    ScopedContext scope(ctx_);
+    void* p = nullptr;
+    check(d_.MemHostAlloc(&p, bytes, kMemHostAllocPortable), "cuMemHostAlloc (pinned ring slot)");
+    return p;
+  }
+  void free(void* p) noexcept override {
+    if (!p) return;
+    try {
+      ScopedContext scope(ctx_);
+      d_.MemFreeHost(p);
+    } catch (...) {
+    }
+  }
+
+ private:
+  const Driver& d_;
+  PrimaryContext ctx_;
+};
+
+std::shared_ptr<HostAllocator> pinned_allocator(int ordinal) {
+  static std::mutex mu;
+  static std::shared_ptr<HostAllocator> made;  // one per process: the pool matches blocks by kind
+  std::lock_guard<std::mutex> lock(mu);
+  if (!made) made = std::make_shared<PinnedAllocator>(ordinal);
+  return made;
+}
 
 class CudaCopier final : public DeviceCopier {
  public:
@@ -44,20 +81,7 @@ class CudaCopier final : public DeviceCopier {
   unsigned streams() const override { return static_cast<unsigned>(streams_.size()); }
   unsigned slots() const override { return static_cast<unsigned>(events_.size()); }
 
-  void* alloc_host(size_t bytes) override {
-    ScopedContext scope(ctx_);
-    void* p = nullptr;
-    check(d_.MemHostAlloc(&p, bytes, kMemHostAllocPortable), "cuMemHostAlloc (pinned ring slot)");
-    return p;
-  }
-  void free_host(void* p) noexcept override {
-    if (!p) return;
-    try {
-      ScopedContext scope(ctx_);
-      d_.MemFreeHost(p);
-    } catch (...) {
-    }
-  }
+  std::shared_ptr<HostAllocator> host_allocator() override { return pinned_allocator(ctx_.ordinal()); }
 
   void copy_async(uint64_t dst, const void* src, size_t n, unsigned stream) override {
     ScopedContext scope(ctx_);

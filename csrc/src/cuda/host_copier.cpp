@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <memory>
+#include <new>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -20,6 +22,18 @@ namespace ts {
 namespace {
 
 constexpr size_t kAlign = 4096;
+
+// Ordinary page-aligned memory standing in for pinned memory (the pool counts what it makes).
+class PlainAllocator final : public HostAllocator {
+ public:
+  const char* kind() const override { return "host"; }
+  void* alloc(size_t bytes) override {
+    void* p = std::aligned_alloc(kAlign, (bytes + kAlign - 1) / kAlign * kAlign);
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  void free(void* p) noexcept override { std::free(p); }
+};
 
 struct Op {
   uint64_t dst = 0;  // 0 with src null: a slot mark
@@ -49,12 +63,10 @@ class HostCopier final : public DeviceCopier {
   unsigned streams() const override { return streams_; }
   unsigned slots() const override { return static_cast<unsigned>(marked_.size()); }
 
-  void* alloc_host(size_t bytes) override {
-    void* p = std::aligned_alloc(kAlign, (bytes + kAlign - 1) / kAlign * kAlign);
-    if (!p) throw std::bad_alloc();
-    return p;
+  std::shared_ptr<HostAllocator> host_allocator() override {
+    static const auto plain = std::make_shared<PlainAllocator>();
+    return plain;
   }
-  void free_host(void* p) noexcept override { std::free(p); }
 
   void copy_async(uint64_t dst, const void* src, size_t n, unsigned stream) override {
     if (stream >= streams_) throw std::out_of_range("no such stream");

@@ -9,6 +9,8 @@
 #include <memory>
 #include <string>
 
+#include "tensorstream/cuda/host_pool.hpp"
+
 namespace ts {
 
 class DeviceCopier {
@@ -18,9 +20,9 @@ class DeviceCopier {
   virtual unsigned streams() const = 0;
   virtual unsigned slots() const = 0;
 
-  // Memory for one ring slot (pinned for CUDA), and its release. alloc throws on failure.
-  virtual void* alloc_host(size_t bytes) = 0;
-  virtual void free_host(void* p) noexcept = 0;
+  // What makes ring slots (pinned memory for CUDA); rings take them through the process's pool
+  // (host_pool.hpp), which may free them after this copier is gone.
+  virtual std::shared_ptr<HostAllocator> host_allocator() = 0;
 
   // Queues a copy of n bytes from host memory `src` (a slot) to device address `dst` on `stream`.
   // Errors may surface here or at a later query / wait.

@@ -1,7 +1,9 @@
 // Loads tensors to a device through a ring of fixed-size host slots: reads fill a slot (hashes
 // checked and chunks decrypted in the read workers), the slot's bytes are copied asynchronously
 // to the destinations, and the slot's event returns it to the ring. Host memory is the ring's
-// size whatever the model's size; reading, checking and copying overlap.
+// size whatever the model's size; reading, checking and copying overlap. Slots come from the
+// process's pool of host blocks (cuda/host_pool.hpp) and go back to it after each load, so a
+// process pins its ring once, not once per loader.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -39,9 +41,9 @@ struct DeviceLoadStats {
   uint64_t turns = 0;   // slot fills
   uint64_t copies = 0;  // copies queued to the device
   std::vector<uint64_t> slot_turns;  // fills of each slot
-  uint64_t ring_bytes = 0;           // host memory the ring holds now
+  uint64_t ring_bytes = 0;           // host memory the ring held during the load
   double header_seconds = 0, data_seconds = 0;
-  double alloc_seconds = 0;      // allocating ring slots (pinned memory is slow to get)
+  double alloc_seconds = 0;      // taking ring slots from the pool (pinning new ones is slow)
   double slot_wait_seconds = 0;  // lanes waiting for a slot's copies to finish
   // Busy time summed over lanes: hashing (not counting waits for a segment's turn), decrypting.
   double hash_seconds = 0, decrypt_seconds = 0;
@@ -80,7 +82,8 @@ class DeviceLoader {
 
  private:
   class Run;
-  uint8_t* slot(unsigned i);  // allocated at first use
+  uint8_t* slot(unsigned i);  // taken from the process's pool at first use in a load
+  void give_back_slots() noexcept;
   std::vector<uint16_t> load_checked(const tz::Index& index, const std::vector<LoadRequest>& requests, bool verify);
   void wake_active();
 
@@ -88,6 +91,7 @@ class DeviceLoader {
   RingOptions ring_;
   std::unique_ptr<DeviceCopier> copier_;
   std::vector<std::unique_ptr<ReadEngine>> engines_;  // one per lane
+  std::shared_ptr<HostAllocator> allocator_;
   std::vector<uint8_t*> slots_;
   DeviceLoadStats stats_;
   std::atomic<uint64_t> progress_{0};
