@@ -70,8 +70,10 @@ def test_later_deserializers_reuse_kept_connections(server, tmp_path):
                     assert_same(d[name], t)
             if _ == 0:
                 first = _connections(server, "again.tensors")
-    assert _connections(server, "again.tensors") == first  # loads 2 and 3 opened none
-    assert first <= 8  # the header reads run side by side with the first data ranges
+    # A load uses at most 4 connections for its ranges and the probe's lane one more. Loads 2 and
+    # 3 reuse the kept ones; they may open one the first load had no use for (a lane whose worker
+    # was busy then), never a set of their own (that would be 3 x `first`).
+    assert first <= 5 and _connections(server, "again.tensors") <= 5
 
 
 def test_a_fixed_setting_bounds_requests_across_loads_side_by_side(server, tmp_path):

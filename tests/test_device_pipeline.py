@@ -196,6 +196,9 @@ def test_an_error_in_the_middle_leaves_nothing_behind(model, tmp_path, standin, 
         spec += ",fail_copy_at=5"
     else:
         path, kwargs, error = (_corrupt if failure == "corrupt" else _copy_of)(path, tmp_path)
+    standin("host", ring_mb=1)
+    with TensorDeserializer(model[0]):  # what a process keeps (workers, the pool's reaper) is there
+        pass
     standin(spec, ring_mb=1)
     threads, fds = _threads(), _fds()
     if lazy:
@@ -584,3 +587,31 @@ def test_the_shards_of_a_checkpoint_share_one_ring_budget(standin, tmp_path):
         rings = [part.core.ring_bytes for part in d._loader.parts]
     assert len(rings) == 3 and sum(rings) <= 64 << 20  # one ring's memory in all, not one ring per shard
     assert all(r >= 16 << 20 for r in rings)
+
+
+def test_device_memory_is_checked_before_anything_is_allocated(monkeypatch):
+    """The room check of a GPU load, with the device's figures faked (no GPU needed)."""
+    GIB = 1 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (3 * GIB, 80 * GIB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 2 * GIB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1 * GIB)  # 1 GiB cached, unused
+    rec = lambda pos, nbytes, shape, meta=False: _loading.Record(  # noqa: E731
+        pos, (f"t{pos}",), 0, torch.float32, shape, 0 if meta else nbytes, meta)
+    device = torch.device("cuda:0")
+    _ring.check_room(device, [rec(0, 2 * GIB, (GIB // 2,)), rec(1, 0, (GIB // 2,), meta=True)])  # 4 GiB fit
+    with pytest.raises(MemoryError, match=r"needs 4\.00 GiB, but it has 4\.00 GiB free") as caught:
+        _ring.check_room(device, [rec(0, 2 * GIB, (GIB // 2,)), rec(1, 0, (GIB // 2 + 1,), meta=True)])
+    assert "nothing was allocated" in str(caught.value)
+    # meta tensors count their zeros: a huge one is refused though it has no data in the file
+    with pytest.raises(MemoryError):
+        _ring.check_room(device, [rec(0, 0, (1 << 40,), meta=True)])
+
+
+@pytest.mark.cuda
+def test_cuda_meta_tensors_too_large_for_the_gpu_are_refused_before_loading(tmp_path, gpu):
+    free, _ = torch.cuda.mem_get_info(gpu)
+    elems = free // 4 + (1 << 28)  # more zeros than the GPU has room for
+    path = tmp_path / "meta.tensors"
+    tensorstream.save({"big": torch.empty(elems, device="meta"), "w": torch.ones(4)}, path)
+    with pytest.raises(MemoryError, match="free of"):
+        TensorDeserializer(path, device=gpu)

@@ -7,7 +7,7 @@
 #include <mutex>
 #include <stdexcept>
 
-#include "tensorstream/decrypt_stream.hpp"
+#include "tensorstream/data_streams.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/hash.hpp"
 #include "tensorstream/stage_times.hpp"
@@ -23,43 +23,7 @@ using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 constexpr uint64_t kHashBlock = 4u << 20;  // in-place hashing checks for cancellation this often
-
-// Feeds one tensor's chunks to its hasher in order, whatever order they arrive in.
-class HashStream {
- public:
-  // Records chunk [at, at+n) of `base`; the caller hashes every chunk that is now next in line.
-  // Returns true for exactly one call: the one after which the whole tensor has been hashed.
-  // Throws Cancelled between chunks once `stop` asks (the load is abandoned, the hash unused).
-  bool add(uint64_t at, uint64_t n, const uint8_t* base, TensorHasher& h, const CancelToken& stop) {
-    std::unique_lock<std::mutex> lock(mu_);
-    ready_.emplace(at, n);
-    if (busy_) return false;  // the thread already hashing this tensor will take it
-    busy_ = true;
-    while (!ready_.empty() && ready_.begin()->first == next_) {
-      if (stop.requested()) {
-        busy_ = false;
-        throw Cancelled("hashing cancelled");
-      }
-      uint64_t len = ready_.begin()->second;
-      ready_.erase(ready_.begin());
-      lock.unlock();
-      h.update(base + next_, len);
-      lock.lock();
-      next_ += len;
-    }
-    busy_ = false;
-    if (done_ || next_ != total_) return false;
-    done_ = true;
-    return true;
-  }
-  void expect(uint64_t total) { total_ = total; }
-
- private:
-  std::mutex mu_;
-  std::map<uint64_t, uint64_t> ready_;
-  uint64_t next_ = 0, total_ = 0;
-  bool busy_ = false, done_ = false;
-};
+constexpr uint64_t kEarlyDataBytes = 4u << 20;  // remote data fetched with the headers, at most
 
 }  // namespace
 
@@ -147,15 +111,7 @@ std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::ve
   if (reqs.empty()) return {};
   check_encryption(index.header.encrypted(), keys_, src_->name());
 
-  // Phase 1: per-tensor headers, in batches of bounded scratch, parsed and checked against the index.
-  auto t0 = Clock::now();
-  std::vector<TensorCheck> checks = read_headers(*engine_, *src_, index, reqs, verify, keys_, stats_.reads, &cancel_);
-  stats_.header_seconds = since(t0);
-  cancel_.check();
-
-  // Phase 2: data straight into the destinations.
-  t0 = Clock::now();
-  std::vector<ReadOp> ops;
+  std::vector<ReadOp> ops;  // the data, straight into the destinations
   std::vector<size_t> op_req;
   for (size_t i = 0; i < reqs.size(); ++i) {
     if (reqs[i].nbytes == 0) continue;
@@ -163,37 +119,50 @@ std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::ve
     op_req.push_back(i);
     stats_.bytes += reqs[i].nbytes;
   }
+  // A little data from a remote source (a lazy access, a small file) is fetched with the headers:
+  // each tensor's data follows its header, so the two travel in one request, not one round trip
+  // each. It is checked below, once the headers are known, as if it had just arrived.
+  const bool early = engine_->remote() && stats_.bytes <= kEarlyDataBytes;
+
+  // Phase 1: per-tensor headers, in batches of bounded scratch, parsed and checked against the index.
+  auto t0 = Clock::now();
+  std::vector<TensorCheck> checks =
+      read_headers(*engine_, *src_, index, reqs, verify, keys_, stats_.reads, &cancel_, early ? &ops : nullptr);
+  stats_.header_seconds = since(t0);
+  cancel_.check();
+
+  // Phase 2: the data, checked (and decrypted) as it arrives.
+  t0 = Clock::now();
   // With verify_hash each tensor is hashed as its chunks arrive, in order, by the worker that
   // read them (so mostly while the bytes are still in cache); a chunk that arrives early waits in
   // its tensor's stream until the bytes before it are hashed.
   // Encrypted tensors are decrypted the same way, each crypto chunk by the worker whose read
   // completes it; hashes then cover the plaintext.
-  std::unique_ptr<HashStream[]> streams(verify ? new HashStream[ops.size()] : nullptr);
+  std::unique_ptr<HashFeed[]> feeds(verify ? new HashFeed[ops.size()] : nullptr);
   std::vector<std::unique_ptr<DecryptStream>> crypts(ops.size());
   for (size_t k = 0; k < ops.size(); ++k) {
     const size_t r = op_req[k];
     if (checks[r].key)
-      crypts[k] = std::make_unique<DecryptStream>(checks[r].header.crypt, *checks[r].key, ops[k].dst, ops[k].length,
-                                                  index.entries[reqs[r].entry].name, src_->name());
+      crypts[k] = std::make_unique<DecryptStream>(checks[r].header.crypt, *checks[r].key, ops[k].length, 0,
+                                                  ops[k].length, index.entries[reqs[r].entry].name, src_->name());
   }
   StageTimes times;
   ChunkDone on_chunk = [&](const Piece& p) { progress_.fetch_add(p.length, std::memory_order_relaxed); };
   if (verify || index.header.encrypted()) {
-    if (verify)
-      for (size_t k = 0; k < ops.size(); ++k) streams[k].expect(ops[k].length);
     on_chunk = [&](const Piece& p) {
       const size_t r = op_req[p.op];
       uint64_t hash_ns = 0, check_ns = 0;
       auto hash = [&](uint64_t at, uint64_t n) {
         ScopedNs timed(hash_ns);
-        if (verify && streams[p.op].add(at, n, ops[p.op].dst, *checks[r].hasher, cancel_))
+        if (verify && feeds[p.op].add(at, n, ops[p.op].dst, ops[p.op].length, *checks[r].hasher,
+                                      [&](uint64_t) { cancel_.check(); }))
           finish_check(checks[r], index.entries[reqs[r].entry].name, src_->name());
       };
       const uint64_t at = p.dst - ops[p.op].dst;
       cancel_.check();  // before opening crypto chunks: the load is abandoned
       {
         ScopedNs timed(check_ns);
-        if (crypts[p.op]) crypts[p.op]->add(at, p.length, hash);
+        if (crypts[p.op]) crypts[p.op]->add(at, p.length, ops[p.op].dst, hash);
         else hash(at, p.length);
       }
       times.add(hash_ns, crypts[p.op] ? check_ns - hash_ns : 0);
@@ -201,7 +170,12 @@ std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::ve
     };
   }
   try {
-    engine_->run(ops, on_chunk);
+    if (early) {
+      for (size_t k = 0; k < ops.size(); ++k) on_chunk(Piece{k, ops[k].offset, ops[k].length, ops[k].dst});
+    } else {
+      engine_->run(ops, on_chunk);
+      stats_.reads += ops.size();
+    }
   } catch (const ReadFailure& f) {
     rethrow_read(f, index.entries[reqs[op_req[f.op()]].entry].name, *src_, "data");
   }
@@ -209,7 +183,6 @@ std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::ve
   stats_.hash_seconds = times.hash_seconds();
   stats_.decrypt_seconds = times.decrypt_seconds();
   stats_.queued_bytes = engine_->queued_bytes();
-  stats_.reads += ops.size();
   digests_ = digests_of(checks);
   std::vector<uint16_t> modules;
   modules.reserve(checks.size());

@@ -64,11 +64,14 @@ void check_encryption(bool encrypted, const crypto::KeySource& keys, const std::
 
 std::vector<TensorCheck> read_headers(ReadEngine& engine, const Source& src, const tz::Index& index,
                                       const std::vector<LoadRequest>& reqs, bool verify, crypto::KeySource& keys,
-                                      uint64_t& reads, const CancelToken* cancel) {
+                                      uint64_t& reads, const CancelToken* cancel,
+                                      const std::vector<ReadOp>* with_first) {
   std::vector<TensorCheck> checks(reqs.size());
   if (!index.has_tensor_headers()) {  // safetensors: nothing to read, nothing to verify
     if (verify) throw std::invalid_argument("safetensors files carry no hashes: there is nothing to verify");
     for (size_t i = 0; i < reqs.size(); ++i) checks[i].digest.entry = reqs[i].entry;
+    if (with_first && !with_first->empty()) engine.run(*with_first, [](const Piece&) {});
+    reads += with_first ? with_first->size() : 0;
     return checks;
   }
   std::vector<uint8_t> scratch;
@@ -89,10 +92,13 @@ std::vector<TensorCheck> read_headers(ReadEngine& engine, const Source& src, con
       ops.push_back(ReadOp{e.header_offset, e.header_size(), scratch.data() + used});
       used += e.header_size();
     }
+    const size_t headers = ops.size();
+    if (begin == 0 && with_first) ops.insert(ops.end(), with_first->begin(), with_first->end());
     try {
       engine.run(ops, [](const Piece&) {});
     } catch (const ReadFailure& f) {
-      rethrow_read(f, index.entries[reqs[begin + f.op()].entry].name, src, "header");
+      const bool header = f.op() < headers;
+      rethrow_read(f, index.entries[reqs[begin + (header ? f.op() : 0)].entry].name, src, header ? "header" : "data");
     }
     for (size_t i = begin; i < end; ++i) {
       const auto& e = index.entries[reqs[i].entry];

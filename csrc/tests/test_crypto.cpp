@@ -8,7 +8,7 @@
 
 #include "check.hpp"
 #include "tensorstream/crypto.hpp"
-#include "tensorstream/decrypt_stream.hpp"
+#include "tensorstream/data_streams.hpp"
 #include "tensorstream/encryptor.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/format/crypt_info.hpp"
@@ -124,14 +124,14 @@ TEST(decrypt_stream_opens_each_chunk_once_whole_in_any_piece_order) {
     std::vector<std::pair<uint64_t, uint64_t>> pieces;
     for (uint64_t at = 0; at < buf.size(); at += piece) pieces.emplace_back(at, std::min<uint64_t>(piece, buf.size() - at));
     std::shuffle(pieces.begin(), pieces.end(), std::mt19937(static_cast<unsigned>(piece)));
-    DecryptStream ds(ci, key, buf.data(), buf.size(), "t", "f");
+    DecryptStream ds(ci, key, buf.size(), 0, buf.size(), "t", "f");
     std::vector<int> seen(ci.macs.size(), 0);
     std::vector<std::thread> pool;
     std::atomic<size_t> next{0};
     for (int t = 0; t < 3; ++t)
       pool.emplace_back([&] {
         for (size_t i; (i = next.fetch_add(1)) < pieces.size();)
-          ds.add(pieces[i].first, pieces[i].second, [&](uint64_t at, uint64_t n) {
+          ds.add(pieces[i].first, pieces[i].second, buf.data(), [&](uint64_t at, uint64_t n) {
             ++seen[at / 1024];
             CHECK(n == ci.chunk_length(at / 1024, buf.size()));
           });
@@ -148,10 +148,10 @@ TEST(decrypt_stream_names_tensor_and_file_on_a_bad_mac) {
   tz::CryptInfo ci;
   auto cipher = encrypt(plain, key, ci);
   cipher[2500] ^= 0x80;
-  DecryptStream ds(ci, key, cipher.data(), cipher.size(), "layer.w", "model.tensors");
+  DecryptStream ds(ci, key, cipher.size(), 0, cipher.size(), "layer.w", "model.tensors");
   std::string what;
   try {
-    ds.add(0, cipher.size(), [](uint64_t, uint64_t) {});
+    ds.add(0, cipher.size(), cipher.data(), [](uint64_t, uint64_t) {});
   } catch (const CryptographyError& e) {
     what = e.what();
     CHECK(e.tensor() == "layer.w");
@@ -186,9 +186,9 @@ TEST(decrypt_stream_takes_a_chunk_size_near_two_to_the_64) {
   auto block = tz::build_crypt_info(ci, nullptr);
   auto parsed = tz::parse_crypt_info(block.data() + 8, block.size() - 8, plain.size(), "t");
   CHECK(parsed.chunk_size == ci.chunk_size && parsed.macs.size() == 1);
-  DecryptStream ds(parsed, key, cipher.data(), cipher.size(), "t", "f");
+  DecryptStream ds(parsed, key, cipher.size(), 0, cipher.size(), "t", "f");
   int opened = 0;
-  ds.add(0, 1000, [&](uint64_t, uint64_t) { ++opened; });
-  ds.add(1000, 2000, [&](uint64_t at, uint64_t n) { opened += at == 0 && n == 3000; });
+  ds.add(0, 1000, cipher.data(), [&](uint64_t, uint64_t) { ++opened; });
+  ds.add(1000, 2000, cipher.data(), [&](uint64_t at, uint64_t n) { opened += at == 0 && n == 3000; });
   CHECK(opened == 1 && cipher == plain);
 }

@@ -34,10 +34,13 @@ void check_encryption(bool encrypted, const crypto::KeySource& keys, const std::
 // against its index entry; with `verify`, feeds it to the tensor's hasher (and checks tensors
 // without data at once). `reads` is increased by the reads issued. `cancel` (may be null) is
 // checked before each batch: Cancelled. An index without per-tensor headers (safetensors)
-// reads nothing: std::invalid_argument with `verify`, else checks without hashes.
+// reads nothing: std::invalid_argument with `verify`, else checks without hashes. `with_first`
+// (may be null) are reads done in the same engine run as the first batch of headers (a remote
+// source then fetches a small tensor's header and data in one request); the caller checks them.
 std::vector<TensorCheck> read_headers(ReadEngine& engine, const Source& src, const tz::Index& index,
                                       const std::vector<LoadRequest>& reqs, bool verify, crypto::KeySource& keys,
-                                      uint64_t& reads, const CancelToken* cancel = nullptr);
+                                      uint64_t& reads, const CancelToken* cancel = nullptr,
+                                      const std::vector<ReadOp>* with_first = nullptr);
 
 // The digests of the tensors at index positions `entries`, one small read per header from `src`.
 std::vector<HeaderDigest> read_digests(const Source& src, const tz::Index& index, const std::vector<size_t>& entries);

@@ -7,12 +7,12 @@
 #include <thread>
 
 #include "tensorstream/device/ring_plan.hpp"
-#include "tensorstream/device/segment_streams.hpp"
+#include "tensorstream/data_streams.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/settings.hpp"
 #include "tensorstream/stage_times.hpp"
 #include "tensorstream/tensor_checks.hpp"
-#include "tensorstream/thread_group.hpp"
+#include "tensorstream/runtime.hpp"
 
 namespace ts {
 
@@ -80,16 +80,9 @@ class DeviceLoader::Run {
 
   void execute() {
     const unsigned lanes = std::min<unsigned>(L_.ring_.lanes, std::max<size_t>(turns_.size(), 1));
-    {
-      ThreadGroup pool;  // a lane the system refuses a thread for is an error (lanes own turns)
-      for (unsigned l = 1; l < lanes; ++l) {
-        if (!pool.spawn([this, l, lanes] { lane(l, lanes); })) {
-          fail(std::make_exception_ptr(IoError(EAGAIN, "cannot start a ring lane thread", "")));
-          break;
-        }
-      }
-      lane(0, lanes);
-    }
+    // Lanes take turns in order from a shared counter, so that any number of them finishes the
+    // load: a lane the runtime has no free worker for is simply never started.
+    run_on_workers(lanes, [this](size_t l) { lane(static_cast<unsigned>(l)); });
     if (!error_) finish_copies();
     if (error_) {
       L_.copier_->drain();  // nothing may still write to the destinations or read the slots
@@ -125,9 +118,9 @@ class DeviceLoader::Run {
     if (failed_) throw Stopped();
   }
 
-  void lane(unsigned l, unsigned lanes) {
+  void lane(unsigned l) {
     try {
-      for (size_t t = l; t < turns_.size(); t += lanes) {
+      for (size_t t = next_turn_++; t < turns_.size(); t = next_turn_++) {
         const unsigned s = static_cast<unsigned>(t % L_.ring_.slots);
         acquire(t, s);
         uint8_t* base = L_.slot(s);
@@ -164,14 +157,14 @@ class DeviceLoader::Run {
     ops.reserve(n);
     for (const auto& seg : turn.segments)
       ops.push_back(ReadOp{entry(req_of(seg.tensor)).data_offset + seg.at, seg.length, base + seg.slot_offset});
-    std::unique_ptr<OrderedFeed[]> feeds(verify_ ? new OrderedFeed[n] : nullptr);
-    std::vector<std::unique_ptr<SegmentCrypt>> crypts(n);
+    std::unique_ptr<HashFeed[]> feeds(verify_ ? new HashFeed[n] : nullptr);
+    std::vector<std::unique_ptr<DecryptStream>> crypts(n);
     for (size_t k = 0; k < n; ++k) {
       const RingSegment& seg = turn.segments[k];
       const TensorCheck& c = checks_[req_of(seg.tensor)];
       if (c.key)
-        crypts[k] = std::make_unique<SegmentCrypt>(c.header.crypt, *c.key, reqs_[req_of(seg.tensor)].nbytes, seg.at,
-                                                   seg.length);
+        crypts[k] = std::make_unique<DecryptStream>(c.header.crypt, *c.key, reqs_[req_of(seg.tensor)].nbytes, seg.at,
+                                                    seg.length, entry(req_of(seg.tensor)).name, L_.src_->name());
     }
     ChunkDone on_chunk = [&](const Piece& p) {
       check_stop();
@@ -179,7 +172,8 @@ class DeviceLoader::Run {
       uint8_t* sbase = base + seg.slot_offset;
       const size_t r = req_of(seg.tensor);
       uint64_t hash_ns = 0, gate_ns = 0, check_ns = 0;
-      auto wait_turn = [&] {
+      auto wait_turn = [&](uint64_t pos) {  // a segment's first byte waits for the tensor's earlier ones
+        if (pos != 0) return;
         ScopedNs timed(gate_ns);
         gate(seg);
       };
@@ -190,7 +184,7 @@ class DeviceLoader::Run {
       };
       {
         ScopedNs timed(check_ns);
-        if (crypts[p.op]) crypts[p.op]->add(p.dst - sbase, p.length, sbase, hash, entry(r).name, L_.src_->name());
+        if (crypts[p.op]) crypts[p.op]->add(p.dst - sbase, p.length, sbase, hash);
         else hash(p.dst - sbase, p.length);
       }
       times_.add(hash_ns - gate_ns, crypts[p.op] ? check_ns - hash_ns : 0);  // waiting for a turn is not hashing
@@ -261,6 +255,7 @@ class DeviceLoader::Run {
   std::vector<uint64_t> hashed_to_;    // per planned tensor: bytes hashed so far
   std::exception_ptr error_;           // the first failure
   std::atomic<bool> failed_{false};
+  std::atomic<size_t> next_turn_{0};   // the next turn a lane takes
   uint64_t copies_ = 0, reads_ = 0;
   double wait_seconds_ = 0;
   StageTimes times_;
@@ -270,6 +265,7 @@ DeviceLoader::DeviceLoader(std::shared_ptr<Source> src, const EngineOptions& eng
                            std::unique_ptr<DeviceCopier> copier)
     : src_(std::move(src)), ring_(ring.resolved()), copier_(std::move(copier)) {
   if (!copier_) throw std::invalid_argument("a device loader needs a copier");
+  allocator_ = copier_->host_allocator();
   if (copier_->slots() < ring_.slots || copier_->streams() == 0)
     throw std::invalid_argument("the copier has fewer events than the ring has slots");
   EngineOptions per_lane = engine;
@@ -283,17 +279,22 @@ DeviceLoader::DeviceLoader(std::shared_ptr<Source> src, const EngineOptions& eng
   slots_.assign(ring_.slots, nullptr);
 }
 
-DeviceLoader::~DeviceLoader() {
-  copier_->drain();
-  for (uint8_t* p : slots_) copier_->free_host(p);
+DeviceLoader::~DeviceLoader() { give_back_slots(); }
+
+void DeviceLoader::give_back_slots() noexcept {
+  copier_->drain();  // no copy reads a slot any more
+  for (uint8_t*& p : slots_) {
+    give_back_host_block(p);
+    p = nullptr;
+  }
 }
 
 uint8_t* DeviceLoader::slot(unsigned i) {
-  // Slot i is first used by turn i alone, so no two threads allocate the same slot; later turns
+  // Slot i is first used by turn i alone, so no two threads take the same slot; later turns
   // reach it only after the mutex-guarded hand-over in Run::acquire.
   if (!slots_[i]) {
     const auto t0 = Clock::now();
-    slots_[i] = static_cast<uint8_t*>(copier_->alloc_host(ring_.slot_bytes));
+    slots_[i] = static_cast<uint8_t*>(take_host_block(allocator_, ring_.slot_bytes));
     std::lock_guard<std::mutex> lock(active_mu_);
     stats_.alloc_seconds += since(t0);
     stats_.ring_bytes += ring_.slot_bytes;
@@ -302,6 +303,10 @@ uint8_t* DeviceLoader::slot(unsigned i) {
 }
 
 std::vector<uint16_t> DeviceLoader::load(const tz::Index& index, const std::vector<LoadRequest>& reqs, bool verify) {
+  struct GiveBack {  // the slots go back to the process's pool after every load, however it ends
+    DeviceLoader& self;
+    ~GiveBack() { self.give_back_slots(); }
+  } give_back{*this};
   try {
     return load_checked(index, reqs, verify);
   } catch (const Cancelled&) {  // from an engine, a lane or a check here: name the file
@@ -311,10 +316,8 @@ std::vector<uint16_t> DeviceLoader::load(const tz::Index& index, const std::vect
 
 std::vector<uint16_t> DeviceLoader::load_checked(const tz::Index& index, const std::vector<LoadRequest>& reqs,
                                                  bool verify) {
-  const uint64_t held = stats_.ring_bytes;
   stats_ = DeviceLoadStats{};
   progress_.store(0, std::memory_order_relaxed);
-  stats_.ring_bytes = held;
   stats_.slot_turns.assign(ring_.slots, 0);
   digests_.clear();
   check_requests(index, reqs);

@@ -14,12 +14,13 @@
 #include <thread>
 #include <vector>
 
+#include "coalesce.hpp"
 #include "curl_setup.hpp"
 #include "lanes.hpp"
 #include "ramp.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/settings.hpp"
-#include "tensorstream/thread_group.hpp"
+#include "tensorstream/runtime.hpp"
 
 namespace ts {
 
@@ -59,10 +60,11 @@ struct Transfer {
   std::string error_body;         // the start of an error reply (S3 puts its error code there)
   net::ReplyHeaders reply;
   uint64_t total = 0;             // the resource's size as the first reply gave it
-  size_t piece = 0;
-  uint64_t offset = 0, length = 0;  // the whole piece
-  uint8_t* dst = nullptr;
-  uint64_t got = 0;  // bytes of the piece received so far, over all attempts
+  const net::RangeRequest* req = nullptr;  // the pieces it fills
+  const std::vector<Piece>* pieces = nullptr;
+  size_t cursor = 0;                       // the first piece still receiving (net::scatter)
+  uint64_t offset = 0, length = 0;  // the whole request
+  uint64_t got = 0;  // bytes of the request received so far, over all attempts
   uint64_t want_from = 0;  // the offset this attempt asked for
   bool bad_range = false, overflow = false, resized = false;
   bool running = false;  // holds one of the host's request slots
@@ -100,7 +102,7 @@ size_t on_body(char* data, size_t size, size_t n, void* user) {
     t->overflow = true;
     return 0;  // abort: the server sends more than the range
   }
-  std::memcpy(t->dst + t->got, data, len);
+  net::scatter(*t->req, *t->pieces, t->got, reinterpret_cast<const uint8_t*>(data), len, t->cursor);
   t->got += len;
   t->host->add_bytes(len);
   return len;
@@ -111,23 +113,26 @@ class HttpEngine final : public ReadEngine {
   HttpEngine(const HttpSource& src, size_t chunk)
       : src_(src), chunk_(chunk), key_(net::host_key(src.url(), src.options())), host_(net::host_state(key_)) {}
   const char* name() const override { return "http"; }
+  bool remote() const override { return true; }
 
-  // Several threads, each with a multi-handle borrowed from the host's kept connections, take
-  // ranges from a shared counter (copying the bodies into the destinations uses every core);
-  // how many requests are in flight at once is the host's to decide (ramp.hpp).
+  // Several of the runtime's workers, each with a multi-handle borrowed from the host's kept
+  // connections, take ranges from a shared counter (copying the bodies into the destinations uses
+  // every core); how many requests are in flight at once is the host's to decide (ramp.hpp). A
+  // lane whose worker never starts (all busy) leaves its share to the others.
   void run(const std::vector<ReadOp>& ops, const ChunkDone& done) override {
     const std::vector<Piece> pieces = cut_pieces(ops, chunk_);
     if (pieces.empty()) return;
+    const std::vector<net::RangeRequest> requests = net::coalesce(pieces, chunk_);
     const unsigned fixed = src_.options().connections;  // 0: auto
     const size_t most = fixed ? fixed : net::HostState::kMax;
-    const size_t threads = std::min({static_cast<size_t>(default_threads()), most, pieces.size()});
+    const size_t threads = std::min({static_cast<size_t>(default_threads()), most, requests.size()});
     net::LaneLease lanes = net::borrow_lanes(key_, threads, (most + threads - 1) / threads);
     struct Running {  // the host counts this run while it lasts
       net::HostState& h;
       Running(net::HostState& host, unsigned fixed) : h(host) { h.begin_run(fixed); }
       ~Running() { h.end_run(); }
     } running(host_, fixed);
-    Shared shared{pieces, done, {}, {}, {}, {}};
+    Shared shared{pieces, requests, done, {}, {}, {}, {}};
     auto work = [&](size_t lane) {
       try {
         worker(shared, lanes[lane]);
@@ -137,13 +142,14 @@ class HttpEngine final : public ReadEngine {
         shared.failed = true;
       }
     };
-    run_workers(threads, work);
+    run_on_workers(threads, work);
     if (shared.error) std::rethrow_exception(shared.error);
   }
 
  private:
   struct Shared {
     const std::vector<Piece>& pieces;
+    const std::vector<net::RangeRequest>& requests;
     const ChunkDone& done;
     std::atomic<size_t> next{0};
     std::atomic<bool> failed{false};
@@ -164,6 +170,7 @@ class HttpEngine final : public ReadEngine {
 
   void worker(Shared& sh, net::Lane& lane) {
     const std::vector<Piece>& pieces = sh.pieces;
+    const std::vector<net::RangeRequest>& requests = sh.requests;
     const ChunkDone& done = sh.done;
     const HttpOptions& o = src_.options();
     CURLM* multi = lane.multi();
@@ -195,7 +202,7 @@ class HttpEngine final : public ReadEngine {
         while (!idle.empty()) {
           Transfer* t = idle.back();
           const bool retry_due = !retries.empty() && retries.front().at <= Clock::now();
-          const bool more = !sh.failed && sh.next.load() < pieces.size();
+          const bool more = !sh.failed && sh.next.load() < requests.size();
           if (!retry_due && !more) {
             if (host_.has_room()) host_.starved();
             break;
@@ -207,14 +214,14 @@ class HttpEngine final : public ReadEngine {
           if (retry_due) {
             reuse_slot(*t, retries.front().state);
             retries.pop_front();
-          } else if (size_t i = sh.next.fetch_add(1); i < pieces.size()) {
+          } else if (size_t i = sh.next.fetch_add(1); i < requests.size()) {
             reuse_slot(*t, Transfer{});
-            t->piece = i;
-            t->offset = pieces[i].offset;
-            t->length = pieces[i].length;
-            t->dst = pieces[i].dst;
+            t->req = &requests[i];
+            t->pieces = &pieces;
+            t->offset = requests[i].offset;
+            t->length = requests[i].length;
           } else {
-            host_.finished();  // another lane took the last piece
+            host_.finished();  // another lane took the last request
             continue;
           }
           idle.pop_back();
@@ -273,6 +280,7 @@ class HttpEngine final : public ReadEngine {
     CURL* e = t.easy;
     curl_easy_reset(e);
     t.want_from = t.offset + t.got;
+    t.cursor = 0;
     t.bad_range = t.overflow = t.resized = false;
     t.error_body.clear();
     t.reply = {};
@@ -305,7 +313,7 @@ class HttpEngine final : public ReadEngine {
     curl_easy_getinfo(t.easy, CURLINFO_RESPONSE_CODE, &status);
     const std::string where = "GET " + src_.name() + " bytes " + t.range;
     if (rc == CURLE_OK && status == 206 && !t.bad_range && !t.resized && t.got == t.length) {
-      done(pieces[t.piece]);
+      for (size_t i : t.req->pieces) done(pieces[i]);
       return;
     }
     if (status == 200)
@@ -387,6 +395,8 @@ void HttpSource::read_exact(uint64_t offset, void* dst, size_t n, const CancelTo
 std::unique_ptr<ReadEngine> make_http_engine(const HttpSource& src, size_t chunk_bytes) {
   return std::make_unique<HttpEngine>(src, chunk_bytes);
 }
+
+std::unique_ptr<ReadEngine> HttpSource::own_engine(size_t chunk_bytes) const { return make_http_engine(*this, chunk_bytes); }
 
 std::vector<HostConcurrency> host_concurrency() {
   std::vector<HostConcurrency> out;

@@ -108,8 +108,11 @@ LaneLease::~LaneLease() {
   Pool& p = pool();
   std::lock_guard<std::mutex> lock(p.mu);
   auto& idle = host_locked(p, key_).idle;
-  for (auto& lane : lanes_)
-    if (lane && idle.size() < kIdleLanesPerHost) idle.push_back(std::move(lane));
+  // Back in reverse, so that the next borrower's first lane (the one its own thread runs, always
+  // used) is this lease's first: lanes a run had no worker for stay last, and connections
+  // already open are the ones reused.
+  for (auto it = lanes_.rbegin(); it != lanes_.rend(); ++it)
+    if (*it && idle.size() < kIdleLanesPerHost) idle.push_back(std::move(*it));
   // lanes not kept close here, with their connections
 }
 

@@ -60,6 +60,8 @@ class ReadEngine {
   virtual void run(const std::vector<ReadOp>& ops, const ChunkDone& done) = 0;
   // Bytes the last run read through an asynchronous queue rather than copying inline.
   virtual uint64_t queued_bytes() const { return 0; }
+  // Whether each run costs round trips to a server (worth fewer, larger runs).
+  virtual bool remote() const { return false; }
   // The token that stops runs early (null: none); it must outlive every later run.
   void set_cancel(const CancelToken* token) { cancel_ = token; }
   bool cancel_requested() const { return cancel_ && cancel_->requested(); }
