@@ -4,6 +4,7 @@
 
 #include "bindings.hpp"
 #include "interruptible.hpp"
+#include "tensorstream/index_reader.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/format/safetensors.hpp"
 #include "tensorstream/format/tensorizer.hpp"

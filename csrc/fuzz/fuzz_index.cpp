@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "fuzz_util.hpp"
+#include "tensorstream/index_reader.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/format/tensorizer.hpp"
 #include "tensorstream/io/source.hpp"

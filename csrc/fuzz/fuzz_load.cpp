@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "fuzz_util.hpp"
+#include "tensorstream/index_reader.hpp"
 #include "tensorstream/cuda/copier.hpp"
 #include "tensorstream/device/device_loader.hpp"
 #include "tensorstream/errors.hpp"

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "fuzz_util.hpp"
+#include "tensorstream/index_reader.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/format/safetensors.hpp"
 #include "tensorstream/io/source.hpp"

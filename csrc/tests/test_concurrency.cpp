@@ -9,6 +9,7 @@
 
 #include "check.hpp"
 #include "memory_sink.hpp"
+#include "tensorstream/index_reader.hpp"
 #include "tensorstream/crypto.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/io/engine.hpp"

@@ -6,6 +6,7 @@
 
 #include "check.hpp"
 #include "memory_sink.hpp"
+#include "tensorstream/index_reader.hpp"
 #include "tensorstream/cuda/copier.hpp"
 #include "tensorstream/cuda/driver.hpp"
 #include "tensorstream/device/device_loader.hpp"

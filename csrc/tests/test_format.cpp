@@ -2,6 +2,7 @@
 #include <cstring>
 
 #include "check.hpp"
+#include "tensorstream/index_reader.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/format/tensorizer.hpp"
 #include "tensorstream/io/source.hpp"

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "check.hpp"
+#include "tensorstream/index_reader.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/format/json.hpp"
 #include "tensorstream/format/safetensors.hpp"

@@ -228,28 +228,3 @@ TensorHeader parse_tensor_header(const uint8_t* data, size_t size, const IndexEn
 }
 
 }  // namespace ts::tz
-
-#include "tensorstream/io/source.hpp"
-
-namespace ts::tz {
-
-Index read_index(const Source& src, std::vector<uint8_t> buf, const CancelToken* cancel) {
-  Index idx;
-  idx.file_size = src.size();
-  if (buf.empty()) {
-    buf.resize(std::min<uint64_t>(src.size(), kFileHeaderSize + kWriterMetadataLen));
-    src.read_exact(0, buf.data(), buf.size(), cancel);
-  }
-  idx.header = parse_file_header(buf.data(), buf.size(), idx.file_size);
-  const uint64_t need = kFileHeaderSize + idx.header.metadata_len;  // <= file size, checked above
-  if (need > buf.size()) {
-    size_t have = buf.size();
-    buf.resize(need);
-    src.read_exact(have, buf.data() + have, need - have, cancel);
-  }
-  idx.entries = parse_index_entries(idx.header, buf.data() + kFileHeaderSize, need - kFileHeaderSize,
-                                    idx.file_size);
-  return idx;
-}
-
-}  // namespace ts::tz

@@ -5,10 +5,6 @@
 #include "tensorstream/io/medium.hpp"
 #include "tensorstream/settings.hpp"
 
-#ifdef TENSORSTREAM_WITH_CURL
-#include "tensorstream/net/http.hpp"
-#endif
-
 namespace ts {
 
 unsigned default_threads() {
@@ -33,9 +29,7 @@ std::unique_ptr<ReadEngine> make_engine(const Source& src, const EngineOptions& 
   const Settings set = settings();
   size_t chunk = opts.chunk_bytes ? opts.chunk_bytes : size_t{set.chunk_mb} << 20;
   unsigned threads = opts.threads ? opts.threads : default_threads();
-#ifdef TENSORSTREAM_WITH_CURL
-  if (const auto* http = dynamic_cast<const HttpSource*>(&src)) return make_http_engine(*http, chunk);
-#endif
+  if (auto own = src.own_engine(chunk)) return own;
   if (src.fd() < 0) return make_posix_engine(src, threads, chunk);  // memory: parallel memcpy
 
   std::string backend = opts.backend;

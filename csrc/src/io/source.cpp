@@ -1,5 +1,7 @@
 #include "tensorstream/io/source.hpp"
 
+#include "tensorstream/io/engine.hpp"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
@@ -46,6 +48,8 @@ const char* FileSource::not_regular(int fd, const struct stat& st) {
     return "a /proc or /sys file";
   return nullptr;
 }
+
+std::unique_ptr<ReadEngine> Source::own_engine(size_t) const { return nullptr; }
 
 FileSource::FileSource(int fd, std::string name) : fd_(fd), name_(std::move(name)) {
   struct stat st;

@@ -8,11 +8,6 @@
 
 #include "tensorstream/format/tensorizer.hpp"
 
-namespace ts {
-class Source;
-class CancelToken;
-}
-
 namespace ts::st {
 
 inline constexpr uint64_t kLengthSize = 8;
@@ -32,14 +27,4 @@ tz::Index parse_header(const uint8_t* json, size_t header_len, uint64_t file_siz
 // Checks the 8-byte length against the cap and the file size; returns it.
 uint64_t header_length(const uint8_t* data, size_t size, uint64_t file_size);
 
-// Reads and validates the header of a safetensors source. `first` holds bytes already read
-// from offset 0 (may be empty); more are read only when the header is longer.
-tz::Index read_index(const Source& src, std::vector<uint8_t> first = {}, const CancelToken* cancel = nullptr);
-
 }  // namespace ts::st
-
-namespace ts {
-// The index of a tensorizer or safetensors source, picked by the first bytes (one read for
-// headers up to 256 KiB). FormatError if the bytes are neither.
-tz::Index read_any_index(const Source& src, const CancelToken* cancel = nullptr);
-}  // namespace ts

@@ -124,14 +124,3 @@ std::vector<uint8_t> build_file_header(const FileHeader& fh);
 void append_index_entry(std::vector<uint8_t>& out, const IndexEntry& e, bool tagged);
 
 }  // namespace ts::tz
-
-namespace ts {
-class Source;
-class CancelToken;
-namespace tz {
-// Reads the file header and index (in one read for the usual 256 KiB index) and validates them.
-// `first` holds bytes already read from offset 0 (may be empty); `cancel` (may be null) stops a
-// read that waits (Cancelled).
-Index read_index(const Source& src, std::vector<uint8_t> first = {}, const CancelToken* cancel = nullptr);
-}  // namespace tz
-}  // namespace ts

@@ -9,6 +9,8 @@ struct stat;
 
 namespace ts {
 
+class ReadEngine;
+
 class Source {
  public:
   virtual ~Source() = default;
@@ -22,6 +24,9 @@ class Source {
   virtual void read_exact(uint64_t offset, void* dst, size_t n, const CancelToken* cancel) const {
     read_exact(offset, dst, n);
   }
+  // The engine this source reads with, when it brings its own (a network source); null: a file or
+  // memory engine (make_engine picks it). `chunk_bytes` is the largest piece one read may be.
+  virtual std::unique_ptr<ReadEngine> own_engine(size_t chunk_bytes) const;
 };
 
 // A regular file: FIFOs, devices, sockets and /proc or /sys files are refused (IoError).

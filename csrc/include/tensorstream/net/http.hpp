@@ -40,6 +40,7 @@ class HttpSource final : public Source {
   const std::string& name() const override { return display_; }
   void read_exact(uint64_t offset, void* dst, size_t n) const override;
   void read_exact(uint64_t offset, void* dst, size_t n, const CancelToken* cancel) const override;
+  std::unique_ptr<ReadEngine> own_engine(size_t chunk_bytes) const override;  // make_http_engine
   const std::string& url() const { return url_; }
   const HttpOptions& options() const { return opts_; }
   // What the reply to the size probe said of the resource ("" when the server sent nothing).

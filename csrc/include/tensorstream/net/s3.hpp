@@ -12,8 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include "tensorstream/io/sink.hpp"
 #include "tensorstream/net/http.hpp"
-#include "tensorstream/writer.hpp"
 
 namespace ts {
 

@@ -1,0 +1,60 @@
+#include "tensorstream/index_reader.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "tensorstream/format/safetensors.hpp"
+
+namespace ts::tz {
+
+Index read_index(const Source& src, std::vector<uint8_t> buf, const CancelToken* cancel) {
+  Index idx;
+  idx.file_size = src.size();
+  if (buf.empty()) {
+    buf.resize(std::min<uint64_t>(src.size(), kFileHeaderSize + kWriterMetadataLen));
+    src.read_exact(0, buf.data(), buf.size(), cancel);
+  }
+  idx.header = parse_file_header(buf.data(), buf.size(), idx.file_size);
+  const uint64_t need = kFileHeaderSize + idx.header.metadata_len;  // <= file size, checked above
+  if (need > buf.size()) {
+    size_t have = buf.size();
+    buf.resize(need);
+    src.read_exact(have, buf.data() + have, need - have, cancel);
+  }
+  idx.entries = parse_index_entries(idx.header, buf.data() + kFileHeaderSize, need - kFileHeaderSize,
+                                    idx.file_size);
+  return idx;
+}
+
+}  // namespace ts::tz
+
+namespace ts::st {
+
+tz::Index read_index(const Source& src, std::vector<uint8_t> buf, const CancelToken* cancel) {
+  const uint64_t file_size = src.size();
+  if (buf.size() < kLengthSize && file_size >= kLengthSize) {
+    buf.resize(kLengthSize);
+    src.read_exact(0, buf.data(), buf.size(), cancel);
+  }
+  const uint64_t n = header_length(buf.data(), buf.size(), file_size);
+  if (buf.size() < kLengthSize + n) {  // n is capped and within the file: checked above
+    size_t have = buf.size();
+    buf.resize(kLengthSize + n);
+    src.read_exact(have, buf.data() + have, buf.size() - have, cancel);
+  }
+  return parse_header(buf.data() + kLengthSize, static_cast<size_t>(n), file_size);
+}
+
+}  // namespace ts::st
+
+namespace ts {
+
+tz::Index read_any_index(const Source& src, const CancelToken* cancel) {
+  std::vector<uint8_t> first(std::min<uint64_t>(src.size(), tz::kFileHeaderSize + tz::kWriterMetadataLen));
+  src.read_exact(0, first.data(), first.size(), cancel);
+  const bool tensorizer = first.size() >= sizeof(tz::kMagic) && std::memcmp(first.data(), tz::kMagic, 5) == 0;
+  if (!tensorizer && st::looks_like(first.data(), first.size())) return st::read_index(src, std::move(first), cancel);
+  return tz::read_index(src, std::move(first), cancel);
+}
+
+}  // namespace ts
