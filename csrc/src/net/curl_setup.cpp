@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "tensorstream/errors.hpp"
+#include "tensorstream/per_process.hpp"
 
 namespace ts::net {
 
@@ -41,6 +42,32 @@ bool parse_size(const std::string& s, uint64_t* out) {
   return true;
 }
 
+// What every request of the process shares besides its lane's connections: resolved host names
+// and TLS sessions, so that a new connection to a host seen before skips the DNS lookup and
+// resumes the TLS session instead of a full handshake. Made again in a child of fork().
+class Share {
+ public:
+  Share() : sh_(curl_share_init()) {
+    if (!sh_) return;  // requests then resolve and handshake on their own
+    curl_share_setopt(sh_, CURLSHOPT_LOCKFUNC, lock);
+    curl_share_setopt(sh_, CURLSHOPT_UNLOCKFUNC, unlock);
+    curl_share_setopt(sh_, CURLSHOPT_USERDATA, this);
+    curl_share_setopt(sh_, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+    curl_share_setopt(sh_, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+  }
+  CURLSH* get() const { return sh_; }
+
+ private:
+  static std::mutex& mu(void* self, curl_lock_data data) {
+    auto* s = static_cast<Share*>(self);
+    return data == CURL_LOCK_DATA_DNS ? s->dns_ : data == CURL_LOCK_DATA_SSL_SESSION ? s->tls_ : s->other_;
+  }
+  static void lock(CURL*, curl_lock_data data, curl_lock_access, void* self) { mu(self, data).lock(); }
+  static void unlock(CURL*, curl_lock_data data, void* self) { mu(self, data).unlock(); }
+
+  CURLSH* sh_;  // never cleaned up: easy handles of any lane may refer to it until the end
+  std::mutex dns_, tls_, other_;
+};
 
 }  // namespace
 
@@ -70,6 +97,7 @@ void global_init() {
 }
 
 void set_common_options(CURL* e, const HttpOptions& o, const std::string& url) {
+  if (CURLSH* share = PerProcess<Share>::get().get()) curl_easy_setopt(e, CURLOPT_SHARE, share);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, nullptr);  // bytes as stored, never re-encoded
