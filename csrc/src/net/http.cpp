@@ -126,7 +126,8 @@ class HttpEngine final : public ReadEngine {
     const unsigned fixed = src_.options().connections;  // 0: auto
     const size_t most = fixed ? fixed : net::HostState::kMax;
     const size_t threads = std::min({static_cast<size_t>(default_threads()), most, requests.size()});
-    net::LaneLease lanes = net::borrow_lanes(key_, threads, (most + threads - 1) / threads);
+    const size_t per_lane = (most + threads - 1) / threads;
+    net::LaneLease lanes = net::borrow_lanes(key_, threads, per_lane);
     struct Running {  // the host counts this run while it lasts
       net::HostState& h;
       Running(net::HostState& host, unsigned fixed) : h(host) { h.begin_run(fixed); }
@@ -135,7 +136,7 @@ class HttpEngine final : public ReadEngine {
     Shared shared{pieces, requests, done, {}, {}, {}, {}};
     auto work = [&](size_t lane) {
       try {
-        worker(shared, lanes[lane]);
+        worker(shared, lanes[lane], per_lane);
       } catch (...) {
         std::lock_guard<std::mutex> lock(shared.mu);
         if (!shared.error) shared.error = std::current_exception();
@@ -157,9 +158,10 @@ class HttpEngine final : public ReadEngine {
     std::exception_ptr error;
   };
 
-  // The transfers of one lane for one run, on the lane's easy handles.
+  // The transfers of one lane for one run, on `n` of the lane's easy handles (a kept lane may have
+  // more, from a run that asked for more): a run never has more connections busy than it asked.
   struct Slots {
-    explicit Slots(net::Lane& lane) : all(lane.handles().size()) {
+    Slots(net::Lane& lane, size_t n) : all(std::min(n, lane.handles().size())) {
       for (size_t i = 0; i < all.size(); ++i) all[i].easy = lane.handles()[i];
     }
     ~Slots() {
@@ -168,13 +170,13 @@ class HttpEngine final : public ReadEngine {
     std::vector<Transfer> all;
   };
 
-  void worker(Shared& sh, net::Lane& lane) {
+  void worker(Shared& sh, net::Lane& lane, size_t per_lane) {
     const std::vector<Piece>& pieces = sh.pieces;
     const std::vector<net::RangeRequest>& requests = sh.requests;
     const ChunkDone& done = sh.done;
     const HttpOptions& o = src_.options();
     CURLM* multi = lane.multi();
-    Slots slots(lane);
+    Slots slots(lane, per_lane);
     std::vector<Transfer*> idle;
     for (auto& t : slots.all) idle.push_back(&t);
     struct Retry {
