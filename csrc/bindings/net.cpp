@@ -46,6 +46,13 @@ void register_net(py::module_& m) {
       .def_property_readonly("access_key_id", &ts::SigV4Signer::access_key_id)
       .def_property_readonly("region", &ts::SigV4Signer::region)
       .def(
+          "set_credentials",
+          [](const ts::SigV4Signer& s, std::string key_id, std::string secret, std::string token) {
+            s.set_credentials(ts::AwsCredentials{std::move(key_id), std::move(secret), std::move(token)});
+          },
+          py::arg("access_key_id"), py::arg("secret_access_key"), py::arg("session_token") = "",
+          "Sign every later request with these credentials (re-resolved temporary ones).")
+      .def(
           "sign",
           [](const ts::SigV4Signer& s, const std::string& method, const std::string& url,
              const std::vector<ts::Header>& headers, const std::string& payload_sha256_hex, int64_t when) {

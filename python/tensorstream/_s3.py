@@ -36,7 +36,7 @@ from typing import Any
 
 from . import _native, _settings
 
-__all__ = ["S3Location", "resolve", "parse_uri", "TlsOptions"]
+__all__ = ["S3Location", "resolve", "parse_uri", "TlsOptions", "expired", "refresh"]
 
 _BUCKET_DNS = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 # tensorizer's public pre-tensorized models: this bucket, with no endpoint and no credentials
@@ -68,6 +68,9 @@ class S3Location:
     signer: Any = field(default=None, repr=False)
     tls: TlsOptions = field(default_factory=TlsOptions)
     credentials_from: str = "none"  # where the credentials were found, for messages
+    # How it was resolved (for refresh()) and the credentials it signs with now.
+    resolved_with: dict = field(default_factory=dict, repr=False, compare=False)
+    credentials: list = field(default_factory=list, repr=False, compare=False)
 
     @property
     def uri(self) -> str:
@@ -283,7 +286,38 @@ def resolve(
         raise NotImplementedError("this build of tensorstream has no S3 support (built without libcurl)")
     signer = _native.SigV4Signer(key_id, secret, token or "", region) if signed else None
     tls = tls or TlsOptions(ca_bundle=env.get("AWS_CA_BUNDLE", ""))
-    return S3Location(bucket, key, url, region, signer, tls, source if signed else "none (unsigned requests)")
+    how = dict(s3_access_key_id=s3_access_key_id, s3_secret_access_key=s3_secret_access_key, s3_endpoint=s3_endpoint,
+               s3_config_path=s3_config_path, s3_region_name=s3_region_name, s3_session_token=s3_session_token, tls=tls)
+    return S3Location(bucket, key, url, region, signer, tls, source if signed else "none (unsigned requests)",
+                      how, [key_id, secret, token or ""] if signed else [])
+
+
+# S3's codes for temporary credentials that are no longer valid (HTTP 400 or 403).
+_EXPIRED = re.compile(r"\((ExpiredToken|TokenRefreshRequired|RequestExpired)\b")
+
+
+def expired(exc: BaseException) -> bool:
+    """Whether ``exc`` is a store refusing credentials because they expired."""
+    from .errors import NetworkError
+
+    return isinstance(exc, NetworkError) and exc.status in (400, 403) and bool(_EXPIRED.search(str(exc)))
+
+
+def refresh(loc: S3Location) -> bool:
+    """Looks ``loc``'s credentials up again, where they were found the first time (an agent may have
+    rewritten the credentials file or the environment with new temporary ones). When they changed,
+    ``loc``'s signer signs every later request with the new ones: True. Explicit keys never change."""
+    if loc.signer is None or loc.credentials_from == "arguments":
+        return False
+    try:
+        again = resolve(loc.uri, **loc.resolved_with)
+    except ValueError:  # nothing complete any more: keep what there is
+        return False
+    if not again.credentials or again.credentials == loc.credentials:
+        return False
+    loc.signer.set_credentials(*again.credentials)
+    loc.credentials[:] = again.credentials
+    return True
 
 
 def part_bytes() -> int:

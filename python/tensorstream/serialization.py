@@ -17,7 +17,7 @@ import numpy
 import torch
 
 from . import _assign, _cache, _checkpoint, _coop_plan, _cooperative, _device, _dtypes, _group, _loading, _mapped
-from . import _names, _native, _progress, _ring, _shards, _slice_reads, _slices, _sources, _staging, _stats
+from . import _names, _native, _progress, _ring, _s3, _shards, _slice_reads, _slices, _sources, _staging, _stats
 from . import encryption as _encryption
 from . import errors as _errors
 from .encryption import DecryptionParams, EncryptionParams
@@ -412,6 +412,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         try:
             self._source, self._index = _source_and_index(opened)
             self._label: str = self._source.name
+            self._opened_sources = [s.source for s in opened.shards]  # whose S3 credentials may expire
             self._fillers = [_checkpoint.filler_of(s) for s in opened.shards]
             self._cached = _cached_entries(opened.shards)
             self._entries = [s.index.entries for s in opened.shards] if any(self._fillers) else []
@@ -744,8 +745,24 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
                 self._fetch(missing, verify, pooled=False)
             return {p: self._cache[p] for p in paths}
 
+    def _again_if_expired(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(...)``, repeated once when an object store refused expired temporary credentials
+        and looking them up again (where they were found) gave new ones: a long-lived lazy
+        deserializer outlives a session token that an agent renews in the environment or files."""
+        try:
+            return fn(*args, **kwargs)
+        except _errors.NetworkError as exc:
+            if not (_s3.expired(exc) and _sources.refresh_credentials(getattr(self, "_opened_sources", ()))):
+                raise
+            logger.info("%s: the S3 credentials had expired; using the ones found now", self._label)
+        return fn(*args, **kwargs)
+
     def _fetch(self, records: Sequence[_loading.Record], verify_hash: bool, *, pooled: bool) -> None:
-        """Loads ``records`` into the cache; the caller holds ``self._lock``."""
+        """Loads ``records`` into the cache (once more after new credentials: _again_if_expired);
+        the caller holds ``self._lock``."""
+        self._again_if_expired(self._fetch_once, records, verify_hash, pooled=pooled)
+
+    def _fetch_once(self, records: Sequence[_loading.Record], verify_hash: bool, *, pooled: bool) -> None:
         if self._loader is None or self._closed:
             raise ValueError("the deserializer is closed; open a new one to load more tensors")
         if any(r.path in self._planned for r in records):
@@ -785,6 +802,11 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self, records: Sequence[_loading.Record], sels: dict[_names.Path, _slices.Selection], *, pooled: bool
     ) -> dict[_names.Path, torch.Tensor]:
         """The selections of ``records``, read with one engine run per source, on the device."""
+        return self._again_if_expired(self._read_ranges_once, records, sels, pooled=pooled)
+
+    def _read_ranges_once(
+        self, records: Sequence[_loading.Record], sels: dict[_names.Path, _slices.Selection], *, pooled: bool
+    ) -> dict[_names.Path, torch.Tensor]:
         if self._source is None or self._closed:
             raise ValueError("the deserializer is closed; open a new one to read more tensors")
         self._fill(records, data=True)  # a partial cache entry: one fetch for all of them
@@ -877,7 +899,7 @@ def _discard(cached: Sequence[tuple[Any, Any]], exc: _errors.HashMismatchError) 
     """Removes the cache entries that hold the tensor ``exc`` names (all of them when it names
     none); False when no file came from the cache."""
     named = [entry for entry, index in cached if exc.tensor is not None and any(
-        str(_names.public(_names.decode(e.name))) == exc.tensor for e in index.entries)]
+        str(_names.public(tuple(e.path))) == exc.tensor for e in index.entries)]
     for entry in named or [entry for entry, _ in cached]:
         entry.discard()
     return bool(cached)
@@ -885,8 +907,7 @@ def _discard(cached: Sequence[tuple[Any, Any]], exc: _errors.HashMismatchError) 
 
 def _select(index: Any, filter_func: FilterFunc | None) -> list[_loading.Record]:
     """The file's records (all names checked) that ``filter_func`` keeps, in file order."""
-    records = _loading.describe(index.entries, index.file_size)
-    _names.registry_of([r.path for r in records])  # name clashes anywhere in the file are errors
+    records = _loading.describe(index.entries, index.file_size)  # names checked by the core's parser
     return records if filter_func is None else [r for r in records if filter_func(r.name)]
 
 

@@ -138,18 +138,35 @@ std::string uri_encode(const std::string& raw, bool keep_slash) {
 
 SigV4Signer::SigV4Signer(AwsCredentials creds, std::string region, std::string service)
     : creds_(std::move(creds)), region_(std::move(region)), service_(std::move(service)) {
-  if (creds_.access_key_id.empty() || creds_.secret_access_key.empty())
-    throw std::invalid_argument("an access key id and a secret access key are both needed to sign requests");
+  check(creds_);
   if (region_.empty()) throw std::invalid_argument("a region is needed to sign requests");
   // A CR or LF would end the header it is sent in and start one of the sender's choosing.
-  const std::pair<const char*, const std::string*> fields[] = {{"the access key id", &creds_.access_key_id},
-                                                                {"the secret access key", &creds_.secret_access_key},
-                                                                {"the session token", &creds_.session_token},
-                                                                {"the region", &region_},
-                                                                {"the service", &service_}};
+  if (has_control(region_)) throw std::invalid_argument("the region holds a control character");
+  if (has_control(service_)) throw std::invalid_argument("the service holds a control character");
+}
+
+void SigV4Signer::check(const AwsCredentials& c) {
+  if (c.access_key_id.empty() || c.secret_access_key.empty())
+    throw std::invalid_argument("an access key id and a secret access key are both needed to sign requests");
+  const std::pair<const char*, const std::string*> fields[] = {{"the access key id", &c.access_key_id},
+                                                                {"the secret access key", &c.secret_access_key},
+                                                                {"the session token", &c.session_token}};
   for (const auto& [what, value] : fields)
     if (has_control(*value)) throw std::invalid_argument(std::string(what) + " holds a control character");
 }
+
+void SigV4Signer::set_credentials(AwsCredentials creds) const {
+  check(creds);
+  std::lock_guard<std::mutex> lock(mu_);
+  creds_ = std::move(creds);
+}
+
+AwsCredentials SigV4Signer::credentials() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return creds_;
+}
+
+std::string SigV4Signer::access_key_id() const { return credentials().access_key_id; }
 
 std::vector<Header> SigV4Signer::sign(const std::string& method, const std::string& url,
                                       const std::vector<Header>& headers, const std::string& payload_sha256_hex,
@@ -167,11 +184,12 @@ SigV4Signer::Trace SigV4Signer::sign_traced(const std::string& method, const std
                 tm.tm_hour, tm.tm_min, tm.tm_sec);  // digits only: no locale can change them
   std::snprintf(day, sizeof day, "%.8s", stamp);
   const UrlParts parts = split_url(url);
+  const AwsCredentials creds = credentials();  // one set for the whole signature
 
   Trace t;
   t.added.emplace_back("x-amz-date", stamp);
   if (service_ == "s3") t.added.emplace_back("x-amz-content-sha256", payload_sha256_hex);
-  if (!creds_.session_token.empty()) t.added.emplace_back("x-amz-security-token", creds_.session_token);
+  if (!creds.session_token.empty()) t.added.emplace_back("x-amz-security-token", creds.session_token);
 
   std::vector<Header> signed_headers{{"host", parts.host}};
   for (const auto& [k, v] : headers) signed_headers.emplace_back(lower(k), fold_spaces(v));
@@ -188,13 +206,13 @@ SigV4Signer::Trace SigV4Signer::sign_traced(const std::string& method, const std
   const std::string scope = std::string(day) + "/" + region_ + "/" + service_ + "/aws4_request";
   t.string_to_sign = std::string("AWS4-HMAC-SHA256\n") + stamp + "\n" + scope + "\n" +
                      sha256_hex(t.canonical_request.data(), t.canonical_request.size());
-  std::string key = hmac("AWS4" + creds_.secret_access_key, day);
+  std::string key = hmac("AWS4" + creds.secret_access_key, day);
   key = hmac(key, region_);
   key = hmac(key, service_);
   key = hmac(key, "aws4_request");
   const std::string sig = hmac(key, t.string_to_sign);
   t.signature = hex(reinterpret_cast<const unsigned char*>(sig.data()), sig.size());
-  t.added.emplace_back("authorization", "AWS4-HMAC-SHA256 Credential=" + creds_.access_key_id + "/" + scope +
+  t.added.emplace_back("authorization", "AWS4-HMAC-SHA256 Credential=" + creds.access_key_id + "/" + scope +
                                             ", SignedHeaders=" + names + ", Signature=" + t.signature);
   return t;
 }

@@ -1,6 +1,7 @@
 // AWS Signature Version 4 for S3 requests: the headers that authenticate one request.
 #pragma once
 #include <ctime>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,7 +16,8 @@ struct AwsCredentials {
 
 using Header = std::pair<std::string, std::string>;  // name, value
 
-// Signs requests for one region and service. Immutable, so one signer serves every thread.
+// Signs requests for one region and service; one signer serves every thread. Its credentials
+// may be replaced (temporary ones that expired, re-resolved) while requests are being signed.
 class SigV4Signer {
  public:
   // The payload hash every signed request declares unless the caller passes the body's SHA-256.
@@ -38,11 +40,18 @@ class SigV4Signer {
   Trace sign_traced(const std::string& method, const std::string& url, const std::vector<Header>& headers,
                     const std::string& payload_sha256_hex, std::time_t when) const;
 
-  const std::string& access_key_id() const { return creds_.access_key_id; }
+  std::string access_key_id() const;
   const std::string& region() const { return region_; }
+  // Signs every later request with `creds` (std::invalid_argument for empty or control-character
+  // values, and nothing changes).
+  void set_credentials(AwsCredentials creds) const;
 
  private:
-  AwsCredentials creds_;
+  static void check(const AwsCredentials& c);
+  AwsCredentials credentials() const;
+
+  mutable std::mutex mu_;
+  mutable AwsCredentials creds_;  // replaced by set_credentials, read under mu_
   std::string region_, service_;
 };
 
