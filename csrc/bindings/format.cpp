@@ -136,6 +136,15 @@ void register_format(py::module_& m) {
                                for (size_t i = 0; i < e.shape.size(); ++i) t[i] = py::int_(e.shape[i]);
                                return t;
                              })
+      .def_property_readonly("path",
+                             [](const ts::tz::IndexEntry& e) {  // decoded and checked by the parser
+                               py::tuple t(e.path.size());
+                               for (size_t i = 0; i < e.path.size(); ++i)
+                                 t[i] = e.path[i].is_index ? py::object(py::int_(e.path[i].index))
+                                                           : py::object(py::str(e.path[i].key));
+                               return t;
+                             })
+      .def_readonly("torch_dtype", &ts::tz::IndexEntry::torch_dtype)
       .def_readonly("itemsize", &ts::tz::IndexEntry::itemsize)
       .def_readonly("header_offset", &ts::tz::IndexEntry::header_offset)
       .def_readonly("data_offset", &ts::tz::IndexEntry::data_offset)

@@ -1,4 +1,5 @@
-"""Tensor dtypes <-> the dtype strings of tensorizer files.
+"""Tensor dtypes -> the dtype strings of tensorizer files (reading them is the core parser's:
+``names.hpp``; ``by_name`` maps the torch name it gives to the torch dtype).
 
 A dtype is stored as numpy's ``dtype.str`` (``"<f2"``, ``"|b1"``) when numpy can express it.
 Torch types numpy lacks are *opaque*: ``"<V2\\x00torch.bfloat16"`` is two raw bytes per
@@ -7,15 +8,11 @@ element (``V`` in place of the same-width int's ``i``) followed by NUL and the t
 
 from __future__ import annotations
 
-import functools
-import re
-import sys
-
 import torch
 
 from .errors import FormatError
 
-__all__ = ["encode", "decode", "itemsize", "SAFETENSORS", "safetensors_name"]
+__all__ = ["encode", "by_name", "itemsize", "SAFETENSORS", "safetensors_name"]
 
 # numpy kind + width -> torch dtype, for every type both libraries have.
 _NUMPY_KINDS = {
@@ -41,8 +38,6 @@ _QUANTIZED = {
     for n in ("qint8", "quint8", "qint32", "quint4x2", "quint2x4")
     if isinstance(getattr(torch, n, None), torch.dtype)
 }
-_NUMPY_RE = re.compile(r"([<>=|])([a-zA-Z])(\d{1,2})")
-_NATIVE_LITTLE = sys.byteorder == "little"
 
 
 # torch dtype -> the dtype name a safetensors header gives it (what ``get_dtype()`` of a slice says).
@@ -82,41 +77,11 @@ def encode(dtype: torch.dtype) -> str:
     return f"{order}V{width}\x00{dtype}"
 
 
-@functools.lru_cache(maxsize=256)
-def _decode(text: str) -> torch.dtype:
-    """Parse a dtype string; raises ValueError with the reason (no tensor context)."""
-    numpy_part, sep, torch_part = text.partition("\x00")
-    match = _NUMPY_RE.fullmatch(numpy_part)
-    if match is None:
-        raise ValueError(f"unknown dtype {text!r}")
-    order, kind, width = match.group(1), match.group(2), int(match.group(3))
-    if width > 1 and (order == ">" or (order == "=" and not _NATIVE_LITTLE)):
-        raise ValueError(f"big-endian dtype {text!r} is not supported")
-    if width > 1 and order == "|":
-        raise ValueError(f"dtype {text!r} lacks a byte order")
-    if sep:
-        return _decode_opaque(text, kind, width, torch_part)
-    dtype = _NUMPY_KINDS.get((kind, width))
-    if dtype is None:
-        raise ValueError(f"unknown dtype {text!r}")
+def by_name(name: str, tensor: str | None = None) -> torch.dtype:
+    """The torch dtype the core's parser named (``"float32"``, ``"bfloat16"``); FormatError naming
+    ``tensor`` when this torch has no such type."""
+    dtype = getattr(torch, name, None) if name.isidentifier() else None
+    if not isinstance(dtype, torch.dtype):
+        raise FormatError(f"tensor {tensor!r}: torch {torch.__version__} has no dtype torch.{name}", tensor=tensor,
+                          field="dtype")
     return dtype
-
-
-def _decode_opaque(text: str, kind: str, width: int, torch_part: str) -> torch.dtype:
-    if kind != "V":
-        raise ValueError(f"dtype {text!r} names a torch type but is not opaque ('V')")
-    module, _, name = torch_part.partition(".")
-    dtype = getattr(torch, name, None) if module == "torch" and name.isidentifier() else None
-    if not isinstance(dtype, torch.dtype) or dtype in _QUANTIZED:
-        raise ValueError(f"unknown or unsupported torch dtype in {text!r}")
-    if dtype.itemsize != width:
-        raise ValueError(f"dtype {text!r}: {dtype} has {dtype.itemsize}-byte elements, not {width}")
-    return dtype
-
-
-def decode(text: str, tensor: str | None = None) -> torch.dtype:
-    """The torch dtype of a file's dtype string; FormatError naming ``tensor`` if unknown."""
-    try:
-        return _decode(text)
-    except ValueError as exc:
-        raise FormatError(f"tensor {tensor!r}: {exc}", tensor=tensor, field="dtype") from None

@@ -71,28 +71,6 @@ def encode(path: Path) -> bytes:
     return raw
 
 
-def _refuse(*_args: Any) -> Any:
-    raise ValueError("only strings and integers may appear in a tensor path")
-
-
-def decode(raw: bytes) -> Path:
-    """The path stored as ``raw``; FormatError (field 'name') when it is malformed."""
-    shown = repr(bytes(raw[:80]))
-    try:
-        if not raw:
-            raise ValueError("empty tensor name")
-        if raw[:1] != _RS:
-            return (bytes(raw).decode("utf-8"),)
-        if raw[1:2] != b"[" or raw[-1:] != b"]" or b"\n" in raw or b"\r" in raw:
-            raise ValueError("a structured name must be 0x1E then a one-line JSON array")
-        parts = json.loads(bytes(raw[1:]), object_hook=_refuse, parse_float=_refuse, parse_constant=_refuse)
-        path = tuple(parts)
-        _check_path(path)
-        return path
-    except (ValueError, RecursionError) as exc:
-        raise FormatError(f"bad tensor name {shown}: {exc}", tensor=shown, field="name") from None
-
-
 def flatten(obj: Any) -> Iterator[tuple[Path, torch.Tensor]]:
     """Depth-first ``(path, tensor)`` pairs of nested dicts / lists, in insertion order."""
     stack: list[tuple[Path, Iterator[tuple[Component, Any]]]] = [((), _children(obj))]

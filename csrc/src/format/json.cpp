@@ -207,7 +207,8 @@ class Parser {
   const char* begin_;
 };
 
-// Offset of the first byte that is not well-formed UTF-8, or `size` if all are.
+}  // namespace
+
 size_t invalid_utf8_at(const unsigned char* s, size_t size) {
   for (size_t i = 0; i < size;) {
     unsigned char c = s[i];
@@ -227,8 +228,6 @@ size_t invalid_utf8_at(const unsigned char* s, size_t size) {
   }
   return size;
 }
-
-}  // namespace
 
 const char* Value::kind_name() const {
   static const char* names[] = {"null", "a boolean", "a number", "a string", "an array", "an object"};

@@ -78,6 +78,8 @@ tz::IndexEntry entry_of(const std::string& name, const json::Value& info, Span& 
     TS_FORMAT_CHECK(dt.text != sub, "dtype " + dt.text + " has sub-byte elements, which are not supported", name,
                     "dtype");
   TS_FORMAT_CHECK(!e.dtype.empty(), "unknown dtype '" + printable_name(dt.text) + "'", name, "dtype");
+  e.torch_dtype = tz::torch_dtype_name(e.dtype);
+  e.path = tz::decode_name(name);
   e.itemsize = tz::dtype_itemsize(e.dtype);
   e.shape = uints(member(info, "shape", name), name, "shape");
   TS_FORMAT_CHECK(e.shape.size() <= 255, "shape has " + std::to_string(e.shape.size()) + " dimensions", name,
@@ -189,6 +191,7 @@ tz::Index parse_header(const uint8_t* data, size_t header_len, uint64_t file_siz
   }
   const uint64_t data_start = kLengthSize + header_len;
   check_layout(idx.entries, spans, file_size - data_start);
+  tz::check_paths(idx.entries);
   uint64_t at = data_start;
   for (auto& e : idx.entries) {
     e.header_offset = e.data_offset = at;

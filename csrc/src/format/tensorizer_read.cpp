@@ -33,6 +33,10 @@ void check_entry(IndexEntry& e, const FileHeader& fh, uint64_t file_size) {
   const std::string& n = e.name;
   TS_FORMAT_CHECK(e.tensor_type <= kStateDict, "unknown tensor type " + std::to_string(e.tensor_type), n,
                   "tensor_type");
+  e.path = decode_name(n);
+  std::string why;
+  e.torch_dtype = torch_dtype_name(e.dtype, &why);
+  TS_FORMAT_CHECK(!e.torch_dtype.empty(), why, n, "dtype");
   e.itemsize = dtype_itemsize(e.dtype);
   TS_FORMAT_CHECK(e.itemsize != 0, "unrecognised dtype string", n, "dtype");
   uint64_t numel = 1;
@@ -75,12 +79,7 @@ void check_no_overlap(std::vector<IndexEntry>& entries) {
                     "record overlaps the record of " + printable_name(prev->name), order[i]->name,
                     "header_offset");
   }
-  std::vector<const std::string*> names;
-  names.reserve(entries.size());
-  for (const auto& e : entries) names.push_back(&e.name);
-  std::sort(names.begin(), names.end(), [](const std::string* a, const std::string* b) { return *a < *b; });
-  for (size_t i = 1; i < names.size(); ++i)
-    TS_FORMAT_CHECK(*names[i - 1] != *names[i], "tensor name appears twice in the index", *names[i], "name");
+  check_paths(entries);
 }
 
 }  // namespace

@@ -29,4 +29,8 @@ struct Value {
 // key that appears twice is refused.
 Value parse(const char* data, size_t size);
 
+// Offset of the first byte that is not well-formed UTF-8 (overlong forms, surrogates and code
+// points past U+10FFFF included), or `size` if all are.
+size_t invalid_utf8_at(const unsigned char* s, size_t size);
+
 }  // namespace ts::json

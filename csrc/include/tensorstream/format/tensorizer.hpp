@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "tensorstream/format/crypt_info.hpp"
+#include "tensorstream/format/names.hpp"
 
 namespace ts::tz {
 
@@ -46,6 +47,8 @@ struct IndexEntry {
   uint64_t data_length = 0;
   uint32_t itemsize = 0;  // from the dtype string
   uint64_t numel = 0;
+  NamePath path;            // the name, decoded (names.hpp)
+  std::string torch_dtype;  // torch's name of the dtype ("float32", "bfloat16")
   bool is_meta() const { return data_length == 0 && numel != 0; }
   uint64_t header_size() const { return data_offset - header_offset; }
 };
