@@ -216,8 +216,8 @@ def test_an_error_in_the_middle_leaves_nothing_behind(model, tmp_path, standin, 
         with pytest.raises(error):
             TensorDeserializer(path, **kwargs)
     gc.collect()
-    assert _threads() == threads
-    assert _fds() == fds
+    assert _threads() <= threads  # nothing left behind (a kept ring or connection may close meanwhile)
+    assert _fds() <= fds
 
 
 def test_closing_while_loading_stops_the_load(model, standin):

@@ -12,6 +12,8 @@ by comma-separated ``key=value`` knobs of the stand-in (``delay_us``, ``fail_cop
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,12 +96,30 @@ def _check_torch(device: torch.device) -> None:
         raise CudaUnavailableError(f"torch sees {count} CUDA device(s): there is no {device}")
 
 
+def check_room(device: torch.device, records: Sequence[_loading.Record]) -> None:
+    """MemoryError, before anything is allocated or read, when ``records`` (their data, and the
+    zeros of meta tensors) cannot fit in what the device has free now (torch's cached, unused
+    blocks included)."""
+    need = sum(r.nbytes + (math.prod(r.shape) * r.dtype.itemsize if r.is_meta else 0) for r in records)
+    if not need:
+        return
+    free, total = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if need > free:
+        raise MemoryError(
+            f"loading {len(records)} tensors onto {device} needs {need / 2**30:.2f} GiB, but it has "
+            f"{free / 2**30:.2f} GiB free of {total / 2**30:.2f} GiB: nothing was allocated or read"
+        )
+
+
 def load(
     loader: RingLoader, index: Any, records: Sequence[_loading.Record], verify_hash: bool, *, pooled: bool
 ) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
     """As :func:`_loading.load`, onto ``loader.device``: ``{pos: tensor}`` and ``{pos: module_idx}``."""
     device = loader.device
     with_data = [r for r in records if r.nbytes]
+    if device.type == "cuda":
+        check_room(device, records)
     # One allocation per tensor, eager or lazy: each owns its storage, and its memory goes back
     # to torch's allocator when it is dropped.
     raws = [torch.empty(r.nbytes, dtype=torch.uint8, device=device) for r in with_data]
