@@ -72,6 +72,7 @@ class Hit:
     status: int = 0
     sent: int = 0  # body bytes written
     fault: Optional[str] = None
+    resumed: bool = False  # over TLS: the connection resumed an earlier session (no full handshake)
 
 
 class _File:
@@ -137,7 +138,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             entry = owner.files.get(name)
             size = len(entry.data) if entry else 0
             wanted = parse_range(header, size) if header is not None else None
-            hit = Hit(self.command, header, *(wanted or (None, None)), client=self.client_address)
+            hit = Hit(self.command, header, *(wanted or (None, None)), client=self.client_address,
+                      resumed=bool(getattr(self.connection, "session_reused", False)))
             fault = None
             if entry is not None:
                 length = wanted[1] - wanted[0] + 1 if wanted else size

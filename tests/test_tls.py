@@ -28,18 +28,23 @@ def certificate(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def https(certificate):
+def https_server(certificate):
     cert, key, _ = certificate
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     server = FaultServer(tls=context)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def https(https_server):
     tensors = {"w": random_tensor((64, 64), torch.float32, 1), "b": random_tensor((64,), torch.bfloat16, 2)}
     buf = io.BytesIO()
     with TensorSerializer(buf) as serializer:
         serializer.write_state_dict(tensors)
-    url = server.put("m.tensors", buf.getvalue())
+    url = https_server.put("m.tensors", buf.getvalue())
     yield url, tensors
-    server.close()
 
 
 @pytest.fixture(autouse=True)
@@ -65,6 +70,20 @@ def test_ca_info(https, certificate, how):
     with stream_io.open_stream(url, certificate_handling=info) as stream, TensorDeserializer(stream) as d:
         for name, tensor in tensors.items():
             assert_same(d[name], tensor)
+
+
+def test_new_connections_resume_the_tls_session(https, https_server, certificate):
+    url, tensors = https
+    cert, _, _ = certificate
+    for _ in range(2):
+        with stream_io.open_stream(url, certificate_handling=CAInfo(cacert=str(cert))) as stream:
+            with TensorDeserializer(stream) as d:
+                assert_same(d["w"], tensors["w"])
+        tensorstream.close_idle_connections()  # the next load opens new connections
+    hits = https_server.hits("m.tensors")
+    first, last = hits[0], hits[-1]
+    assert first.client != last.client and not first.resumed
+    assert last.resumed  # the process's TLS session cache outlived the closed connections
 
 
 def test_ca_info_validates_its_arguments(tmp_path):
