@@ -3,7 +3,8 @@
 # from the files that benchmarks/fetch_gpu_deps.sh fetched beforehand (.debs unpacked into a private
 # prefix, no root apt; wheels installed into a private folder), runs the device tests (the CUDA
 # ones included), then benchmarks/bench_gpu.py. Logs and results go to $OUT (default
-# ./gpu-check-out): gpu_check.log, pytest.log, bench_gpu.json, bench_gpu.txt, summary.txt.
+# ./gpu-check-out): gpu_check.log, pytest.log, bench_gpu.json, bench_gpu.txt, bench_repeat.json,
+# bench_repeat.txt, summary.txt.
 #
 #   bash benchmarks/gpu_check.sh [--cpu-dry-run] [--size-gib G] [--runs N] [--no-tests] [--no-bench]
 #
@@ -137,6 +138,17 @@ if ((BENCH)); then
       --workdir "$WORK/bench" --out-dir "$OUT" "${extra[@]}")
   rc=$?
   record bench "$([ $rc -eq 0 ] && echo ok || echo "FAIL (exit $rc)")"
+fi
+
+if ((BENCH)); then
+  step "many deserializers in a row (the pinned pool: loads 2..20 against load 1, pool off vs on)"
+  rdev=cuda; rmb=100; ((DRY)) && { rdev=cpu; rmb=10; }
+  (cd "$ROOT" && timeout 150 "$PY" benchmarks/bench_repeat.py --device "$rdev" --size-mb "$rmb" --runs "$RUNS" --loads 20 \
+      --methods ts,ts-ring-nopool,tensorizer --workdir "$WORK/repeat" --json "$OUT/bench_repeat.json") \
+      > "$OUT/bench_repeat.txt" 2>&1
+  rc=$?
+  cat "$OUT/bench_repeat.txt"
+  record repeat "$([ $rc -eq 0 ] && echo ok || echo "FAIL (exit $rc)")"
 fi
 
 step "done"
