@@ -175,3 +175,31 @@ def test_the_medium_of_a_local_file_picks_the_queue_depth(tmp_path):
     with pytest.raises(ValueError, match="local file"):
         _core.medium(_core.MemorySource(b"abc"))
     assert tensorstream.features()["settings"]["queue_depth"] == 0
+
+
+def test_kept_connections_are_not_inherited_by_programs_the_process_starts(server, tmp_path):
+    import fcntl
+    import socket
+    import stat
+
+    raw, tensors = _file(tmp_path, count=4, numel=1024)
+    url = server.put("exec.tensors", raw)
+    before = {fd for fd in map(int, os.listdir("/proc/self/fd"))}
+    with TensorDeserializer(url, lazy_load=True) as d:
+        assert_same(d["t1"], tensors["t1"])
+        opened = []
+        for fd in map(int, os.listdir("/proc/self/fd")):
+            if fd in before:
+                continue
+            try:
+                if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    continue
+                with socket.socket(fileno=os.dup(fd)) as sock:
+                    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.getpeername()[1] == server.port:
+                        opened.append(fd)  # a connection to the server (not libcurl's own wake-up pair)
+            except OSError:
+                continue
+        assert opened, "the kept connection is a socket of this process"
+        for fd in opened:
+            assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC, fd
+    _native.close_idle_connections()

@@ -1,9 +1,15 @@
 #include "curl_setup.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -69,7 +75,84 @@ class Share {
   std::mutex dns_, tls_, other_;
 };
 
+// The sockets the process's requests opened, with the ports they connect (looked up once), so
+// that a request can find the socket of the connection it was given.
+class Sockets {
+ public:
+  void add(curl_socket_t s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ports_[s] = {0, 0};
+  }
+  void remove(curl_socket_t s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ports_.erase(s);
+  }
+  curl_socket_t find(long local_port, long peer_port) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [s, ports] : ports_) {
+      if (!ports.first) ports = ports_of(s);
+      if (ports.first == local_port && ports.second == peer_port) return s;
+    }
+    return CURL_SOCKET_BAD;
+  }
+
+ private:
+  static std::pair<long, long> ports_of(curl_socket_t s) {
+    sockaddr_storage a{}, b{};
+    socklen_t la = sizeof a, lb = sizeof b;
+    if (getsockname(s, reinterpret_cast<sockaddr*>(&a), &la) != 0 ||
+        getpeername(s, reinterpret_cast<sockaddr*>(&b), &lb) != 0)
+      return {0, 0};  // not connected yet: looked up again next time
+    return {port_of(a), port_of(b)};
+  }
+  static long port_of(const sockaddr_storage& a) {
+    if (a.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port);
+    if (a.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port);
+    return 0;
+  }
+
+  std::mutex mu_;
+  std::map<curl_socket_t, std::pair<long, long>> ports_;  // local and peer port; 0: not known yet
+};
+
+Sockets& sockets() { return PerProcess<Sockets>::get(); }
+
+curl_socket_t open_socket(void*, curlsocktype purpose, curl_sockaddr* addr) {
+  if (purpose != CURLSOCKTYPE_IPCXN) return CURL_SOCKET_BAD;
+  curl_socket_t s = ::socket(addr->family, addr->socktype | SOCK_CLOEXEC, addr->protocol);
+  if (s != CURL_SOCKET_BAD) sockets().add(s);
+  return s;
+}
+
+int close_socket(void*, curl_socket_t s) {
+  sockets().remove(s);
+  return ::close(s);
+}
+
+#if LIBCURL_VERSION_NUM >= 0x075000  // CURLOPT_PREREQFUNCTION: 7.80
+int on_prereq(void* slot, char*, char*, int peer_port, int local_port) {
+  *static_cast<curl_socket_t*>(slot) = sockets().find(local_port, peer_port);
+  return CURL_PREREQFUNC_OK;
+}
+#endif
+
 }  // namespace
+
+void track_connection(CURL* e, curl_socket_t* sock) {
+  *sock = CURL_SOCKET_BAD;
+#if LIBCURL_VERSION_NUM >= 0x075000
+  curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
+  curl_easy_setopt(e, CURLOPT_PREREQDATA, sock);
+#else
+  (void)e;
+#endif
+}
+
+void ack_quickly(curl_socket_t sock) {
+  if (sock == CURL_SOCKET_BAD) return;
+  const int one = 1;
+  ::setsockopt(sock, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+}
 
 std::string xml_text(const std::string& body, const char* tag, size_t max) {
   const std::string open = std::string("<") + tag + ">", close = std::string("</") + tag + ">";
@@ -98,6 +181,8 @@ void global_init() {
 
 void set_common_options(CURL* e, const HttpOptions& o, const std::string& url) {
   if (CURLSH* share = PerProcess<Share>::get().get()) curl_easy_setopt(e, CURLOPT_SHARE, share);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, nullptr);  // bytes as stored, never re-encoded

@@ -30,6 +30,16 @@ void global_init();
 // (at most kMaxRedirects, never from https to http) only when the request is unsigned.
 void set_common_options(CURL* e, const HttpOptions& o, const std::string& url);
 
+// Acknowledging what arrives at once instead of after the kernel's delayed-ACK timer. A server
+// that corks its replies (nginx with tcp_nopush, a common default) holds the last segment of a
+// reply until the segment before it is acknowledged: on a kept connection, a 40 ms wait per
+// request. The kernel leaves quick-ack mode on its own, so a transfer sets it again as bytes
+// arrive. track_connection makes `*sock` the socket of the connection each request of `e` goes
+// on (set before the request is sent); ack_quickly acknowledges what is pending on it now.
+// (Sockets are opened close-on-exec and known to the process through set_common_options.)
+void track_connection(CURL* e, curl_socket_t* sock);
+void ack_quickly(curl_socket_t sock);
+
 // The reply headers the core reads. note() takes one raw header line; a new status line (after
 // a redirect) clears what the previous reply said.
 struct ReplyHeaders {

@@ -70,12 +70,14 @@ struct Transfer {
   bool running = false;  // holds one of the host's request slots
   unsigned attempts = 0;
   net::HostState* host = nullptr;  // counts the bytes that arrive
+  curl_socket_t sock = CURL_SOCKET_BAD;  // the connection's socket (net::track_connection)
   char range[64];
 };
 
 size_t on_header(char* data, size_t size, size_t n, void* user) {
   auto* t = static_cast<Transfer*>(user);
   size_t len = size * n;
+  net::ack_quickly(t->sock);
   const std::string before = t->reply.content_range;
   t->reply.note(data, len);
   if (t->reply.content_range != before && !t->reply.content_range.empty()) {
@@ -104,6 +106,7 @@ size_t on_body(char* data, size_t size, size_t n, void* user) {
   }
   net::scatter(*t->req, *t->pieces, t->got, reinterpret_cast<const uint8_t*>(data), len, t->cursor);
   t->got += len;
+  net::ack_quickly(t->sock);
   t->host->add_bytes(len);
   return len;
 }
@@ -305,6 +308,7 @@ class HttpEngine final : public ReadEngine {
     // loopback; 2 MiB was no better than 512 KiB).
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 512L << 10);
     net::set_common_options(e, o, src_.url());
+    net::track_connection(e, &t.sock);
     curl_multi_add_handle(multi, e);
   }
 
