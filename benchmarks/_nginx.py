@@ -42,7 +42,7 @@ pid "{work}/nginx.pid";
 error_log "{work}/error.log" warn;
 events {{ worker_connections 1024; }}
 http {{
-    access_log {access_log};
+    {log_format}access_log {access_log};
     client_body_temp_path "{work}/temp/body";
     proxy_temp_path "{work}/temp/proxy";
     fastcgi_temp_path "{work}/temp/fastcgi";
@@ -85,15 +85,24 @@ class Nginx:
     """
 
     def __init__(self, binary: str, root: Path, work: Path, limit_rate: Optional[int] = None,
-                 workers: int = 1, access_log: bool = True) -> None:
+                 workers: int = 1, access_log: bool = True, log_connections: bool = False) -> None:
         self.binary, self.root, self.work = binary, Path(root), Path(work)
         self.limit_rate, self.workers, self.log_requests = limit_rate, workers, access_log
+        self.log_connections = log_connections  # each log line: connection number, status, bytes, URI
         self.port = 0
         self.capped_port = 0
         self._proc: Optional[subprocess.Popen] = None
         for sub in ("temp", "temp/body", "temp/proxy", "temp/fastcgi", "temp/uwsgi", "temp/scgi"):
             (self.work / sub).mkdir(parents=True, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def connections_and_requests(self, offset: int = 0) -> tuple[int, int]:
+        """Distinct connections and requests in the access log after byte ``offset`` (needs
+        ``log_connections``)."""
+        with open(self.access_log, "rb") as f:
+            f.seek(offset)
+            lines = f.read().decode(errors="replace").splitlines()
+        return len({line.split()[0] for line in lines if line.strip()}), len(lines)
 
     def url(self, name: str, capped: bool = False) -> str:
         if capped and not self.capped_port:
@@ -116,11 +125,15 @@ class Nginx:
             throttle = f"        limit_rate {rate};\n        sendfile_max_chunk {chunk};\n"
             servers += _SERVER.format(port=self.capped_port, extra=throttle, **server)
         log = f'"{self.access_log}"' if self.log_requests else "off"
+        log_format = ""
+        if self.log_requests and self.log_connections:
+            log_format = "log_format conn '$connection $status $body_bytes_sent $uri';\n    "
+            log += " conn"
         # Worker processes of a master started as root would run as 'nobody', which may not be
         # allowed to read a private folder: they keep the master's user instead.
         user = "user root;\n" if self.workers > 1 and os.geteuid() == 0 else ""
         return _CONF.format(work=self.work, user=user, master="on" if self.workers > 1 else "off",
-                            workers=self.workers, access_log=log, servers=servers)
+                            workers=self.workers, access_log=log, log_format=log_format, servers=servers)
 
     def start(self, tries: int = 3, timeout: float = 10.0) -> None:
         """Starts nginx; other ports are tried when a chosen one was taken in the meantime."""
