@@ -82,9 +82,12 @@ def _open(obj: Any, how: _How) -> Opened:
 def _open_named(path: str, how: _How) -> Opened:
     """A file that exists as named: a tensor file or an index.json."""
     shard = _open_file(path, how)
-    if _starts_like_json(shard):
-        return _open_index_json(path, shard, how)
-    return Opened(path, [_indexed(shard)])
+    try:  # a tensor file, most often: its index is read with no other request first
+        return Opened(path, [_indexed(shard)])
+    except FormatError:
+        if not _starts_like_json(shard):
+            raise
+    return _open_index_json(path, shard, how)
 
 
 def _as_location(obj: Any) -> str | None:
