@@ -28,8 +28,7 @@ struct Block {
 
 class Pool {
  public:
-  void* take(const std::shared_ptr<HostAllocator>& alloc, size_t bytes) {
-    const Limits lim = limits();
+  void* take(const std::shared_ptr<HostAllocator>& alloc, size_t bytes, const HostPoolLimits& lim) {
     std::vector<Block> doomed;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -55,7 +54,7 @@ class Pool {
     return b.p;
   }
 
-  void give_back(void* p) noexcept {
+  void give_back(void* p, const HostPoolLimits& lim) noexcept {
     if (!p) return;
     std::vector<Block> doomed;
     {
@@ -64,12 +63,6 @@ class Pool {
       if (it == blocks_.end()) return;  // not ours (a parent's, in a child of fork())
       it->in_use = false;
       it->idle_since = Clock::now();
-      Limits lim;
-      try {
-        lim = limits();
-      } catch (...) {  // a bad setting is reported by the next load; keep nothing meanwhile
-        lim = {};
-      }
       if (total() > lim.bytes) {  // over the cap (another ring took more): this one goes
         doomed.push_back(*it);
         blocks_.erase(it);
@@ -104,7 +97,7 @@ class Pool {
   HostPoolInfo info() {
     HostPoolInfo i;
     try {
-      const Limits lim = limits();
+      const HostPoolLimits lim = HostPoolLimits::from_settings();
       i.limit_bytes = lim.bytes;
       i.idle_seconds = lim.idle_s;
     } catch (...) {
@@ -118,14 +111,6 @@ class Pool {
   }
 
  private:
-  struct Limits {
-    uint64_t bytes = 0;
-    double idle_s = 0;
-  };
-  static Limits limits() {
-    const Settings s = settings();
-    return {uint64_t{s.pinned_mb} << 20, s.pinned_idle_s};
-  }
   static bool same_kind(const Block& b, const HostAllocator& a) {
     return b.alloc.get() == &a || std::strcmp(b.alloc->kind(), a.kind()) == 0;
   }
@@ -164,7 +149,7 @@ class Pool {
     for (;;) {
       double idle_s = 60;
       try {
-        idle_s = limits().idle_s;
+        idle_s = HostPoolLimits::from_settings().idle_s;  // the setting now
       } catch (...) {
       }
       {
@@ -205,9 +190,16 @@ Pool& pool() { return PerProcess<Pool>::get(); }
 
 }  // namespace
 
-void* take_host_block(const std::shared_ptr<HostAllocator>& alloc, size_t bytes) { return pool().take(alloc, bytes); }
+HostPoolLimits HostPoolLimits::from_settings() {
+  const Settings s = settings();
+  return {uint64_t{s.pinned_mb} << 20, s.pinned_idle_s};
+}
 
-void give_back_host_block(void* p) noexcept { pool().give_back(p); }
+void* take_host_block(const std::shared_ptr<HostAllocator>& alloc, size_t bytes, const HostPoolLimits& limits) {
+  return pool().take(alloc, bytes, limits);
+}
+
+void give_back_host_block(void* p, const HostPoolLimits& limits) noexcept { pool().give_back(p, limits); }
 
 uint64_t release_idle_host_blocks() noexcept { return pool().release_idle(0); }
 

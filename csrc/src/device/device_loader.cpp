@@ -266,6 +266,7 @@ DeviceLoader::DeviceLoader(std::shared_ptr<Source> src, const EngineOptions& eng
     : src_(std::move(src)), ring_(ring.resolved()), copier_(std::move(copier)) {
   if (!copier_) throw std::invalid_argument("a device loader needs a copier");
   allocator_ = copier_->host_allocator();
+  pool_limits_ = HostPoolLimits::from_settings();
   if (copier_->slots() < ring_.slots || copier_->streams() == 0)
     throw std::invalid_argument("the copier has fewer events than the ring has slots");
   EngineOptions per_lane = engine;
@@ -279,12 +280,16 @@ DeviceLoader::DeviceLoader(std::shared_ptr<Source> src, const EngineOptions& eng
   slots_.assign(ring_.slots, nullptr);
 }
 
-DeviceLoader::~DeviceLoader() { give_back_slots(); }
-
-void DeviceLoader::give_back_slots() noexcept {
+DeviceLoader::~DeviceLoader() {
   copier_->drain();  // no copy reads a slot any more
+  give_back_slots();
+}
+
+// A load returns only once no copy reads its slots (every slot's last mark has completed, or, on
+// an error, the copier was drained), so they go back at once.
+void DeviceLoader::give_back_slots() noexcept {
   for (uint8_t*& p : slots_) {
-    give_back_host_block(p);
+    give_back_host_block(p, pool_limits_);
     p = nullptr;
   }
 }
@@ -294,7 +299,7 @@ uint8_t* DeviceLoader::slot(unsigned i) {
   // reach it only after the mutex-guarded hand-over in Run::acquire.
   if (!slots_[i]) {
     const auto t0 = Clock::now();
-    slots_[i] = static_cast<uint8_t*>(take_host_block(allocator_, ring_.slot_bytes));
+    slots_[i] = static_cast<uint8_t*>(take_host_block(allocator_, ring_.slot_bytes, pool_limits_));
     std::lock_guard<std::mutex> lock(active_mu_);
     stats_.alloc_seconds += since(t0);
     stats_.ring_bytes += ring_.slot_bytes;

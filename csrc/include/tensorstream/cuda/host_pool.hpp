@@ -23,11 +23,21 @@ class HostAllocator {
   virtual void free(void* p) noexcept = 0;
 };
 
+// What the pool may keep: TENSORSTREAM_PINNED_MB and TENSORSTREAM_PINNED_IDLE_S, read once by a
+// user of the pool (a ring reads them when it is made, as it reads its own size).
+struct HostPoolLimits {
+  uint64_t bytes = 0;
+  double idle_s = 0;
+  static HostPoolLimits from_settings();  // std::invalid_argument for a bad value
+};
+
 // A block of at least `bytes` from `alloc`'s kind: an idle one when the pool has one that fits
-// (not more than twice the size), else a new one from `alloc`.
-void* take_host_block(const std::shared_ptr<HostAllocator>& alloc, size_t bytes);
-// Returns a block from take_host_block to the pool (kept idle, or freed when the pool is full).
-void give_back_host_block(void* p) noexcept;
+// (not more than twice the size), else a new one from `alloc` (idle blocks are freed first to
+// keep the pool within `limits`).
+void* take_host_block(const std::shared_ptr<HostAllocator>& alloc, size_t bytes, const HostPoolLimits& limits);
+// Returns a block from take_host_block to the pool: kept idle, or freed when the pool holds more
+// than `limits` allow.
+void give_back_host_block(void* p, const HostPoolLimits& limits) noexcept;
 // Frees every idle block; returns the bytes freed.
 uint64_t release_idle_host_blocks() noexcept;
 

@@ -92,6 +92,7 @@ class DeviceLoader {
   std::unique_ptr<DeviceCopier> copier_;
   std::vector<std::unique_ptr<ReadEngine>> engines_;  // one per lane
   std::shared_ptr<HostAllocator> allocator_;
+  HostPoolLimits pool_limits_;  // read with the ring's own settings, when the loader is made
   std::vector<uint8_t*> slots_;
   DeviceLoadStats stats_;
   std::atomic<uint64_t> progress_{0};
