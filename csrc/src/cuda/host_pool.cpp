@@ -57,6 +57,7 @@ class Pool {
   void give_back(void* p, const HostPoolLimits& lim) noexcept {
     if (!p) return;
     std::vector<Block> doomed;
+    bool wake = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = std::find_if(blocks_.begin(), blocks_.end(), [&](const Block& b) { return b.p == p; });
@@ -69,8 +70,11 @@ class Pool {
       } else {
         start_reaper(lim.idle_s);
       }
+      // A reaper asleep with nothing to time, or timing with another idle time, looks again; one
+      // already timing the oldest idle block needs no wake-up per load.
+      wake = reaper_asleep_ || lim.idle_s != reaper_idle_s_;
     }
-    reap_cv_.notify_all();  // the reaper counts from now, with the idle time in effect now
+    if (wake) reap_cv_.notify_all();
     free_all(doomed);
   }
 
@@ -154,13 +158,12 @@ class Pool {
       }
       {
         std::unique_lock<std::mutex> lock(mu_);
-        const auto oldest = oldest_idle();  // none: sleep until a block is given back
-        if (!oldest) {
+        reaper_idle_s_ = idle_s;
+        const auto oldest = oldest_idle();
+        if (!oldest || idle_s <= 0) {  // nothing idle, or never freed for idleness: sleep till woken
+          reaper_asleep_ = true;
           reap_cv_.wait(lock);
-          continue;
-        }
-        if (idle_s <= 0) {  // 0: never freed for idleness
-          reap_cv_.wait(lock);
+          reaper_asleep_ = false;
           continue;
         }
         const auto due = *oldest + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(idle_s));
@@ -184,6 +187,8 @@ class Pool {
   std::vector<Block> blocks_;
   uint64_t made_ = 0, freed_ = 0, takes_ = 0;
   bool reaper_started_ = false;
+  bool reaper_asleep_ = false;  // waiting with no deadline
+  double reaper_idle_s_ = -1;   // the idle time the reaper is timing with
 };
 
 Pool& pool() { return PerProcess<Pool>::get(); }
