@@ -53,7 +53,8 @@ run_asan() {
     "$PY" -m pytest -p no:cacheprovider --ignore=tests/test_bench_http_smoke.py \
     --ignore=tests/test_cli.py --ignore=tests/test_hf.py --ignore=tests/test_convert.py \
     --ignore=tests/test_bench_safetensors_smoke.py --ignore=tests/test_bench_concurrency_smoke.py \
-    --ignore=tests/test_bench_fleet_smoke.py --ignore=tests/test_hf_diffusers.py \
+    --ignore=tests/test_bench_fleet_smoke.py --ignore=tests/test_bench_repeat_smoke.py \
+    --ignore=tests/test_bench_lazy_smoke.py --ignore=tests/test_hf_diffusers.py \
     --ignore=tests/test_cooperative.py "$@"
 }
 
