@@ -1,5 +1,5 @@
 """Helpers several suites share: where a Hugging Face save goes and is read back from (a folder,
-nginx, moto S3), and dropping a file from the page cache."""
+nginx, moto S3), and dropping a file from the page cache (the benchmarks' ``evict``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import os
 import pytest
 
 from tensorstream import _core
+
+import _http_servers  # noqa: F401 - puts benchmarks/ on the path
+from _system import evict  # noqa: E402,F401 - re-exported: the benchmarks' page-cache eviction
 
 
 def save_and_load_place(request, tmp_path, monkeypatch, stem: str) -> tuple[str, str]:
@@ -34,11 +37,3 @@ def save_and_load_place(request, tmp_path, monkeypatch, stem: str) -> tuple[str,
     return f"s3://{bucket}/{stem}s/tiny/", f"s3://{bucket}/{stem}s/tiny"
 
 
-def evict(path) -> None:
-    """Drops a file's pages from the page cache (fsync first: dirty pages cannot be dropped)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
