@@ -12,7 +12,7 @@ import torch
 
 import tensorstream
 from _tensors import assert_same, random_tensor
-from tensorstream import NetworkError, TensorDeserializer, _s3
+from tensorstream import NetworkError, TensorDeserializer, _s3, stream_io
 
 EXPIRED = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ExpiredToken</Code>'
            b"<Message>The provided token has expired.</Message></Error>")
@@ -80,9 +80,13 @@ def store(tmp_path, monkeypatch):
     s.close()
 
 
-def test_a_lazy_deserializer_renews_expired_temporary_credentials_once(store, monkeypatch):
+@pytest.mark.parametrize("opened", ["uri", "open_stream"])
+def test_a_lazy_deserializer_renews_expired_temporary_credentials_once(store, monkeypatch, opened):
     server, sd = store
-    with TensorDeserializer("s3://bucket/model.tensors", device="cpu", lazy_load=True) as d:
+    uri = "s3://bucket/model.tensors"
+    # a URI, or tensorizer's way: a stream from stream_io.open_stream handed to the deserializer
+    what = uri if opened == "uri" else stream_io.open_stream(uri, "rb")
+    with TensorDeserializer(what, device="cpu", lazy_load=True) as d:
         assert_same(d["w0"], sd["w0"])
         # The token expires; the agent puts new temporary credentials in the environment.
         server.valid = {"token-2"}

@@ -31,12 +31,13 @@ import configparser
 import os
 import re
 import urllib.parse
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import _native, _settings
 
-__all__ = ["S3Location", "resolve", "parse_uri", "TlsOptions", "expired", "refresh"]
+__all__ = ["S3Location", "resolve", "parse_uri", "TlsOptions", "expired", "refresh", "opened", "refresh_sources"]
 
 _BUCKET_DNS = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 # tensorizer's public pre-tensorized models: this bucket, with no endpoint and no credentials
@@ -301,6 +302,27 @@ def expired(exc: BaseException) -> bool:
     from .errors import NetworkError
 
     return isinstance(exc, NetworkError) and exc.status in (400, 403) and bool(_EXPIRED.search(str(exc)))
+
+
+# The S3 objects opened for reading, by their core source, while the source lives.
+_opened: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def opened(source: Any, loc: S3Location) -> Any:
+    """Notes that ``source`` reads ``loc`` (for :func:`refresh_sources`); returns ``source``."""
+    _opened[source] = loc
+    return source
+
+
+def refresh_sources(sources: Any) -> bool:
+    """Re-resolves the credentials of the S3 objects among ``sources`` (:func:`refresh`); True when
+    any changed, so that a request refused for expired credentials is worth repeating once."""
+    changed = False
+    for source in sources:
+        loc = _opened.get(source)
+        if loc is not None and refresh(loc):
+            changed = True
+    return changed
 
 
 def refresh(loc: S3Location) -> bool:

@@ -14,7 +14,6 @@ import os
 import shutil
 import stat
 import tempfile
-import weakref
 from typing import Any
 
 from . import _native, _s3, stream_io
@@ -68,9 +67,7 @@ def open_source(obj: Any) -> Any:
         if lower.startswith(_S3_PREFIX):
             _need_network()
             loc = _s3.resolve(path)
-            source = _native.HttpSource(**_s3_source_args(loc))
-            _s3_locations[source] = loc  # for refresh_credentials()
-            return source
+            return _s3.opened(_native.HttpSource(**_s3_source_args(loc)), loc)
         return _native.FileSource(path)
     if isinstance(obj, int) and not isinstance(obj, bool):
         return _native.FileSource.from_fd(obj)
@@ -92,21 +89,6 @@ def open_source(obj: Any) -> Any:
 
 def _s3_source_args(loc: _s3.S3Location) -> dict[str, Any]:
     return {"url": loc.url, **loc.http_kwargs()}
-
-
-# The S3 objects open_source opened, by source, while the source lives.
-_s3_locations: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def refresh_credentials(sources: Any) -> bool:
-    """Re-resolves the credentials of the S3 objects among ``sources`` (``_s3.refresh``); True when
-    any changed, so that a request refused for expired credentials is worth repeating once."""
-    changed = False
-    for source in sources:
-        loc = _s3_locations.get(source)
-        if loc is not None and _s3.refresh(loc):
-            changed = True
-    return changed
 
 
 class WriteTarget:

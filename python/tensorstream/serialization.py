@@ -752,7 +752,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         try:
             return fn(*args, **kwargs)
         except _errors.NetworkError as exc:
-            if not (_s3.expired(exc) and _sources.refresh_credentials(getattr(self, "_opened_sources", ()))):
+            if not (_s3.expired(exc) and _s3.refresh_sources(self._opened_sources)):
                 raise
             logger.info("%s: the S3 credentials had expired; using the ones found now", self._label)
         return fn(*args, **kwargs)

@@ -292,7 +292,7 @@ def open_stream(
             return S3WriteStream(location)
         if mode != "rb":
             raise ValueError(f"s3:// streams open with mode 'rb' or 'wb', not {mode!r}")
-        source = _native.HttpSource(location.url, **location.http_kwargs())
+        source = _s3.opened(_native.HttpSource(location.url, **location.http_kwargs()), location)
         return HttpStreamFile(location.uri, begin=begin, end=end, _source=source)
     if lower.startswith(("http://", "https://")):
         if mode != "rb":
