@@ -12,9 +12,10 @@ import safetensors.torch
 import torch
 
 import tensorstream
-from _tensors import assert_same, checkpoint_tensors
+from _http_servers import Nginx, nginx_binary
+from _tensors import assert_same, checkpoint_tensors, random_tensor
 from test_contract import medium  # noqa: F401 - the contract suite's fixture over media
-from tensorstream import TensorDeserializer
+from tensorstream import TensorDeserializer, _native
 
 
 def _tensors():
@@ -82,3 +83,36 @@ def test_missing_checkpoint(medium):
     missing = medium.missing().rsplit("/", 1)[0] + "/no-such-checkpoint/"
     with pytest.raises(FileNotFoundError):
         TensorDeserializer(missing)
+
+
+def test_the_shards_of_a_checkpoint_share_one_run_and_its_connections(tmp_path, monkeypatch):
+    """Every shard is read in one engine run: with two connections allowed, an eager load of five
+    shards over HTTP opens two in all (one run per shard would open two each), and every tensor
+    arrives as safetensors reads it."""
+    binary = nginx_binary()
+    if binary is None:
+        pytest.skip("nginx is not installed (Debian package 'nginx')")
+    server = Nginx(binary, tmp_path / "www", tmp_path / "nginx", log_connections=True)
+    server.start()
+    try:
+        want, weight_map = {}, {}
+        for k in range(5):
+            shard = f"model-{k + 1:05d}-of-00005.safetensors"
+            part = {f"layer.{k}.{w}": random_tensor((512, 256), torch.float32, 10 * k + j)
+                    for j, w in enumerate(("q", "k", "v"))}
+            safetensors.torch.save_file(part, str(server.root / shard))
+            want.update(part)
+            weight_map.update((n, shard) for n in part)
+        (server.root / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+        monkeypatch.setenv("TENSORSTREAM_HTTP_CONNECTIONS", "2")
+        _native.close_idle_connections()
+        start = server.access_log.stat().st_size if server.access_log.exists() else 0
+        with TensorDeserializer(server.url("")) as d:
+            assert d.format == "safetensors" and len(d) == 15
+            for name, tensor in want.items():
+                assert_same(d[name], tensor)
+        connections, requests = server.connections_and_requests(start)
+        assert connections <= 2, (connections, requests)
+    finally:
+        server.stop()
+        _native.close_idle_connections()

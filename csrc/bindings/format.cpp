@@ -18,7 +18,10 @@ namespace py = pybind11;
 namespace {
 // Whether a read from `s` may wait on something outside this machine (the network), so that
 // Ctrl-C must be able to stop it; files and memory answer at once.
-bool may_wait(const ts::Source& s) { return s.fd() < 0 && s.memory() == nullptr; }
+bool may_wait(const ts::Source& s) {
+  const ts::Source& part = *s.locate(0).part;  // the parts of a ShardSource are of one kind
+  return part.fd() < 0 && part.memory() == nullptr;
+}
 }  // namespace
 
 namespace tsb {
@@ -126,6 +129,13 @@ void register_format(py::module_& m) {
   py::class_<ts::MemorySource, ts::Source, std::shared_ptr<ts::MemorySource>>(m, "MemorySource")
       .def(py::init(&memory_source), py::arg("buffer"));
 
+  py::class_<ts::ShardSource, ts::Source, std::shared_ptr<ts::ShardSource>>(m, "ShardSource",
+      "Sources of one kind (files, or URLs of one host) laid end to end: the shards of a checkpoint, read "
+      "by one engine run with their indexes joined (join_indexes).")
+      .def(py::init<std::vector<std::shared_ptr<ts::Source>>, std::string>(), py::arg("parts"), py::arg("name"))
+      .def_property_readonly("parts", &ts::ShardSource::parts)
+      .def_property_readonly("starts", &ts::ShardSource::starts, "Where each part starts, then the total size.");
+
   py::class_<ts::tz::IndexEntry>(m, "Entry")
       .def_property_readonly("name", [](const ts::tz::IndexEntry& e) { return py::bytes(e.name); })
       .def_readonly("tensor_type", &ts::tz::IndexEntry::tensor_type)
@@ -185,6 +195,18 @@ void register_format(py::module_& m) {
                                   [&] { stop.interrupt(); });
       },
       py::arg("source"), "The index of a tensorizer or safetensors source, the format picked by its first bytes.");
+  m.def(
+      "join_indexes",
+      [](const std::vector<std::shared_ptr<ts::tz::Index>>& parts, const ts::ShardSource& whole) {
+        std::vector<const ts::tz::Index*> raw;
+        for (const auto& p : parts) {
+          if (!p) throw std::invalid_argument("join_indexes: an index is None");
+          raw.push_back(p.get());
+        }
+        return std::make_shared<ts::tz::Index>(ts::join_indexes(raw, whole));
+      },
+      py::arg("indexes"), py::arg("whole"),
+      "The safetensors indexes of a ShardSource's parts as one index of the whole (offsets from its start).");
 }
 
 }  // namespace tsb

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "tensorstream/format/names.hpp"
 #include "tensorstream/format/safetensors.hpp"
 
 namespace ts::tz {
@@ -55,6 +56,35 @@ tz::Index read_any_index(const Source& src, const CancelToken* cancel) {
   const bool tensorizer = first.size() >= sizeof(tz::kMagic) && std::memcmp(first.data(), tz::kMagic, 5) == 0;
   if (!tensorizer && st::looks_like(first.data(), first.size())) return st::read_index(src, std::move(first), cancel);
   return tz::read_index(src, std::move(first), cancel);
+}
+
+tz::Index join_indexes(const std::vector<const tz::Index*>& parts, const ShardSource& whole) {
+  if (parts.size() != whole.parts().size())
+    throw std::invalid_argument(std::to_string(parts.size()) + " indexes for the " +
+                                std::to_string(whole.parts().size()) + " parts of " + whole.name());
+  tz::Index out;
+  out.format = tz::Format::kSafetensors;
+  out.file_size = whole.size();
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const tz::Index& part = *parts[i];
+    const Source& source = *whole.parts()[i];
+    if (part.format != tz::Format::kSafetensors)
+      throw std::invalid_argument(source.name() + " is not a safetensors file: only those are joined");
+    if (part.file_size != source.size())
+      throw std::invalid_argument("the index of " + source.name() + " is of a file of " +
+                                  std::to_string(part.file_size) + " bytes, not " + std::to_string(source.size()));
+    const uint64_t base = whole.starts()[i];
+    for (tz::IndexEntry e : part.entries) {
+      e.header_offset += base;
+      e.data_offset += base;
+      out.entries.push_back(std::move(e));
+    }
+    out.metadata.insert(out.metadata.end(), part.metadata.begin(), part.metadata.end());
+    out.header.tensor_size += part.header.tensor_size;
+  }
+  out.header.tensor_count = out.entries.size();
+  tz::check_paths(out.entries);
+  return out;
 }
 
 }  // namespace ts

@@ -86,3 +86,17 @@ TEST(scatter_resumes_mid_request) {
   deliver(reqs[0], pieces, 130, 33);
   for (uint64_t i = 0; i < 100; ++i) CHECK(b[i] == byte_at(120 + i));
 }
+
+TEST(coalesce_keeps_each_request_within_one_part) {
+  std::vector<uint8_t> a(100), b(100), c(100);
+  std::vector<Piece> pieces = {
+      {0, 900, 100, a.data()},   // the last tensor of the first part (which ends at 1000)
+      {1, 1010, 100, b.data()},  // the second part's first tensor, 10 bytes on: close enough to join
+      {2, 1150, 100, c.data()},
+  };
+  CHECK(coalesce(pieces, 1 << 20).size() == 1);  // one resource: one request
+  auto reqs = coalesce(pieces, 1 << 20, [](uint64_t offset) -> uint64_t { return offset < 1000 ? 1000 : 5000; });
+  CHECK(reqs.size() == 2);
+  CHECK(reqs[0].offset == 900 && reqs[0].length == 100);
+  CHECK(reqs[1].offset == 1010 && (reqs[1].pieces == std::vector<size_t>{1, 2}));
+}

@@ -50,6 +50,8 @@ class CoopLoader:
         self.device = device
         self.batch_bytes = BATCH_BYTES
         self.parts = list(inner.parts) if isinstance(inner, _shards.ShardedLoader) else [inner]
+        # The shards' indexes joined, when one loader reads every shard (_shards.ShardedLoader).
+        self.whole_index = inner.whole_index if isinstance(inner, _shards.ShardedLoader) else None
         self.in_arena = not any(isinstance(p, _ring.RingLoader) for p in self.parts)
         self._stats: dict[str, Any] = {}
         self._digests: list[Any] = []
@@ -203,6 +205,8 @@ def _fill(loader: CoopLoader, index: Any, requests: list[tuple], verify: bool) -
     at once; the module indexes in request order. Adds the calls' figures to ``loader``."""
     if not isinstance(index, _shards.ShardedIndex):
         return _fill_one(loader, loader.parts[0], index, requests, verify)
+    if loader.whole_index is not None:  # one loader of every shard: positions are the same
+        return _fill_one(loader, loader.parts[0], loader.whole_index, requests, verify)
     by_shard: dict[int, list[tuple]] = {}
     for pos, address, nbytes in requests:
         shard, local = index.locate(pos)

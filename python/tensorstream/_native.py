@@ -19,6 +19,7 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
 
 FileSource = _core.FileSource
 MemorySource = _core.MemorySource
+ShardSource = _core.ShardSource
 # None when the core was built without libcurl.
 HttpSource = getattr(_core, "HttpSource", None)
 SigV4Signer = getattr(_core, "SigV4Signer", None)
@@ -30,6 +31,7 @@ PinnedBuffer = _core.PinnedBuffer
 cuda_driver = _core.cuda_driver
 Writer = _core.Writer
 read_index = _core.read_index
+join_indexes = _core.join_indexes
 read_digests = _core.read_digests
 derive_key = _core.derive_key
 core_features = _core.features
@@ -49,6 +51,7 @@ __all__ = [
     "close_idle_connections",
     "FileSource",
     "MemorySource",
+    "ShardSource",
     "HttpSource",
     "SigV4Signer",
     "MultipartUpload",
@@ -59,6 +62,7 @@ __all__ = [
     "cuda_driver",
     "Writer",
     "read_index",
+    "join_indexes",
     "read_digests",
     "derive_key",
     "core_features",

@@ -48,17 +48,6 @@ def wanted(device: torch.device) -> bool:
     return device.type == "cuda" or standin() is not None
 
 
-# The smallest ring a shard gets when several share one budget: two slots of 8 MiB.
-MIN_SHARE = 16 << 20
-
-
-def share_of_budget(parts: int) -> int:
-    """Ring bytes for each of ``parts`` loads that run side by side (a sharded checkpoint's
-    shards): ``TENSORSTREAM_RING_MB`` split among them, so their pinned memory together stays one
-    ring's (at least ``MIN_SHARE`` each)."""
-    return max(MIN_SHARE, (int(_settings.get("ring_mb")) << 20) // max(1, parts))
-
-
 class RingLoader(_native.CoreWrapper):
     """A ``_core.DeviceLoader`` for one device; ``load`` below fills it."""
 

@@ -1,9 +1,12 @@
 """Several files read as one: the index of every shard behind one list of entries, and a
-loader that hands each shard's part of a load to that shard's loader, all at once.
+loader for all of them.
 
-Every shard's load is started before any is waited on (the core releases the GIL), so the
-reads of all shards are in flight together: one thread per shard waits on its core call. A
-tensor name that appears in two shards is a FormatError.
+Most often that loader is one core loader over a ``_native.ShardSource`` (the shards laid end to
+end) with the shards' indexes joined (``_native.join_indexes``): a load is one engine run over
+every shard, with one set of workers, one connection pool and one ring. Shards read where they
+lie (mapped: ``zero_copy``, complete cache entries) get one loader each instead, run in the
+caller's thread (nothing to wait on) or, to hash them, all started before any is waited on (the
+core releases the GIL). A tensor name that appears in two shards is a FormatError.
 """
 
 from __future__ import annotations
@@ -60,11 +63,16 @@ class ShardedIndex:
 
 
 class ShardedLoader:
-    """One loader per shard, driven together."""
+    """One loader per shard, driven together; or one loader of every shard (``whole_index``)."""
 
-    def __init__(self, loaders: Sequence[Any], load_one: LoadFn) -> None:
+    def __init__(self, loaders: Sequence[Any], load_one: LoadFn, whole_index: Any = None) -> None:
+        """``whole_index``: the shards' indexes joined, when ``loaders`` is one loader over a
+        ShardSource of every shard; its positions are those of the ShardedIndex."""
         self.parts = list(loaders)
         self.load_one = load_one
+        self.whole_index = whole_index
+        if whole_index is not None and len(self.parts) != 1:
+            raise ValueError("a joined index goes with one loader of every shard")
 
     @property
     def backend(self) -> str:
@@ -102,7 +110,10 @@ class ShardedLoader:
 def load(
     loader: ShardedLoader, index: ShardedIndex, records: Sequence[_loading.Record], verify_hash: bool, *, pooled: bool
 ) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
-    """As :func:`_loading.load` over shards: each shard's records go to its loader, all at once."""
+    """As :func:`_loading.load` over shards: one load through the loader of every shard, or each
+    shard's records to its loader, all at once."""
+    if loader.whole_index is not None:
+        return loader.load_one(loader.parts[0], loader.whole_index, records, verify_hash, pooled=pooled)
     by_shard: dict[int, list[_loading.Record]] = {}
     for rec in records:
         shard, local = index.locate(rec.pos)

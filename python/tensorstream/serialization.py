@@ -449,17 +449,27 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         ring = _ring.wanted(self._device)
         if len(shards) == 1:
             loader, load = self._loader_for(shards[0], threads, zero_copy, ring)
-        else:
-            # The shards' rings together hold one ring's memory.
-            share = _ring.share_of_budget(len(shards)) if ring else None
-            loaders = [self._loader_for(s, threads, zero_copy, ring, share) for s in shards]
+        elif zero_copy or (not ring and self._device.type == "cpu" and any(s.region is not None for s in shards)):
+            # Mapped shards are used where they lie: one mapped loader each.
+            loaders = [self._loader_for(s, threads, zero_copy, ring) for s in shards]
             loader, load = _shards.ShardedLoader([ld for ld, _ in loaders], loaders[0][1]), _shards.load
+        else:
+            loader, load = self._loader_of_all(shards, threads, ring)
         if self._team is not None:
             return _cooperative.CoopLoader(loader, self._team, self._device), _cooperative.load
         return loader, load
 
-    def _loader_for(self, shard: _checkpoint.Shard, threads: int, zero_copy: bool, ring: bool,
-                    ring_bytes: int | None = None) -> tuple[Any, Callable]:
+    def _loader_of_all(self, shards: list[_checkpoint.Shard], threads: int, ring: bool) -> tuple[Any, Callable]:
+        """One loader reading every shard in one engine run (one set of workers, one connection
+        pool, one ring: the memory of one load whatever the number of shards), and its load
+        function. The shards of a checkpoint lie side by side (one folder, one host), so their
+        sources are of one kind."""
+        source = _native.ShardSource([s.source for s in shards], self._label)
+        index = _native.join_indexes([s.index for s in shards], source)
+        loader, load = self._loader_for(_checkpoint.Shard(source, index), threads, False, ring)
+        return _shards.ShardedLoader([loader], load, whole_index=index), _shards.load
+
+    def _loader_for(self, shard: _checkpoint.Shard, threads: int, zero_copy: bool, ring: bool) -> tuple[Any, Callable]:
         """The loader of one file, and the function that loads records through it (``ring``: the
         load goes through the device ring). A complete cache entry loaded to the CPU unencrypted
         is used where it lies, as with zero_copy."""
@@ -467,7 +477,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         if zero_copy or (shard.region is not None and on_cpu and not shard.index.encrypted):
             return _mapped.MappedLoader(shard.source, shard.region, threads=threads), _mapped.load
         if ring:
-            return _ring.RingLoader(shard.source, self._device, threads=threads, ring_bytes=ring_bytes), _ring.load
+            return _ring.RingLoader(shard.source, self._device, threads=threads), _ring.load
         return _native.Loader(shard.source, threads=threads), _loading.load
 
     # Properties ----------------------------------------------------------------------------

@@ -27,4 +27,10 @@ tz::Index read_index(const Source& src, std::vector<uint8_t> first = {}, const C
 // headers up to 256 KiB). FormatError if the bytes are neither.
 tz::Index read_any_index(const Source& src, const CancelToken* cancel = nullptr);
 
+// The indexes of a ShardSource's parts (safetensors files, one index per part, in order) as one
+// index of `whole`: entries in part order, their offsets counted from the start of `whole`, names
+// checked across parts (the same path twice, a path that is a prefix of another: FormatError), the
+// metadata of every part. std::invalid_argument for indexes that do not match the parts.
+tz::Index join_indexes(const std::vector<const tz::Index*>& parts, const ShardSource& whole);
+
 }  // namespace ts

@@ -30,7 +30,8 @@ std::unique_ptr<ReadEngine> make_engine(const Source& src, const EngineOptions& 
   size_t chunk = opts.chunk_bytes ? opts.chunk_bytes : size_t{set.chunk_mb} << 20;
   unsigned threads = opts.threads ? opts.threads : default_threads();
   if (auto own = src.own_engine(chunk)) return own;
-  if (src.fd() < 0) return make_posix_engine(src, threads, chunk);  // memory: parallel memcpy
+  const Source& head = *src.locate(0).part;  // a ShardSource's parts are all of one kind
+  if (head.fd() < 0) return make_posix_engine(src, threads, chunk);  // memory: parallel memcpy
 
   std::string backend = opts.backend;
   if (backend == "auto") backend = set.io_backend;
@@ -40,7 +41,7 @@ std::unique_ptr<ReadEngine> make_engine(const Source& src, const EngineOptions& 
   std::string why;
   if (uring_available(&why)) {
     unsigned depth = opts.queue_depth ? opts.queue_depth : set.queue_depth;
-    if (depth == 0) depth = auto_queue_depth(probe_medium(src.fd(), src.size()));  // auto
+    if (depth == 0) depth = auto_queue_depth(probe_medium(head.fd(), head.size()));  // auto
     return make_uring_engine(src, threads, depth, chunk, set.uring_async);
   }
   if (backend == "uring") throw std::runtime_error("io_uring was asked for but is unavailable: " + why);

@@ -16,7 +16,7 @@ namespace {
 class PosixEngine final : public ReadEngine {
  public:
   PosixEngine(const Source& src, unsigned threads, size_t chunk) : src_(src), threads_(threads), chunk_(chunk) {}
-  const char* name() const override { return src_.fd() >= 0 ? "posix" : "memory"; }
+  const char* name() const override { return src_.locate(0).part->fd() >= 0 ? "posix" : "memory"; }
 
   void run(const std::vector<ReadOp>& ops, const ChunkDone& done) override {
     std::vector<Piece> pieces = cut_pieces(ops, chunk_);
@@ -46,19 +46,23 @@ class PosixEngine final : public ReadEngine {
 
  private:
   void read_piece(const Piece& p) const {
-    if (const uint8_t* mem = src_.memory()) {
-      if (p.offset > src_.size() || p.length > src_.size() - p.offset)
+    const Source::Located at = src_.locate(p.offset);  // a piece lies within one part
+    const Source& part = *at.part;
+    if (const uint8_t* mem = part.memory()) {
+      if (at.offset > part.size() || p.length > part.size() - at.offset)
         throw ReadFailure(p.op, 0, "buffer ends before the data");
-      std::memcpy(p.dst, mem + p.offset, p.length);
+      std::memcpy(p.dst, mem + at.offset, p.length);
       return;
     }
     size_t got;
     try {
-      got = pread_full(src_.fd(), p.dst, p.length, p.offset, src_.name());
+      got = pread_full(part.fd(), p.dst, p.length, at.offset, part.name());
     } catch (const IoError& e) {
       throw ReadFailure(p.op, e.code(), e.what());
     }
-    if (got != p.length) throw ReadFailure(p.op, 0, "file ended at byte " + std::to_string(p.offset + got));
+    if (got != p.length)
+      throw ReadFailure(p.op, 0, "file ended at byte " + std::to_string(at.offset + got) +
+                                     (at.part != &src_ ? " of " + part.name() : std::string()));
   }
 
   const Source& src_;

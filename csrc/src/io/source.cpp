@@ -7,6 +7,7 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
@@ -49,7 +50,11 @@ const char* FileSource::not_regular(int fd, const struct stat& st) {
   return nullptr;
 }
 
-std::unique_ptr<ReadEngine> Source::own_engine(size_t) const { return nullptr; }
+std::unique_ptr<ReadEngine> Source::engine_for(const Source&, size_t) const { return nullptr; }
+
+std::unique_ptr<ReadEngine> Source::own_engine(size_t chunk_bytes) const {
+  return locate(0).part->engine_for(*this, chunk_bytes);
+}
 
 FileSource::FileSource(int fd, std::string name) : fd_(fd), name_(std::move(name)) {
   struct stat st;
@@ -108,6 +113,40 @@ void MemorySource::read_exact(uint64_t offset, void* dst, size_t n) const {
   if (offset > size_ || n > size_ - offset)
     throw FormatError("buffer ends before byte " + std::to_string(offset + n), "", "file_size");
   if (n) std::memcpy(dst, data_ + offset, n);  // an empty buffer or destination may be null
+}
+
+ShardSource::ShardSource(std::vector<std::shared_ptr<Source>> parts, std::string name)
+    : parts_(std::move(parts)), name_(std::move(name)) {
+  if (parts_.empty()) throw std::invalid_argument("a ShardSource needs at least one part");
+  starts_.push_back(0);
+  for (const auto& p : parts_) {
+    if (!p) throw std::invalid_argument("a ShardSource part is null");
+    if (p->size() && p->locate(0).part != p.get()) throw std::invalid_argument("a ShardSource cannot hold another");
+    if (p->kind() != parts_.front()->kind())
+      throw std::invalid_argument("the parts of " + name_ + " are read differently (" + parts_.front()->name() +
+                                  " and " + p->name() + "): they cannot be one source");
+    starts_.push_back(starts_.back() + p->size());
+  }
+}
+
+Source::Located ShardSource::locate(uint64_t offset) const {
+  // The last part starting at or before `offset` (an empty part starts where the next one does).
+  const size_t i = std::upper_bound(starts_.begin(), starts_.end() - 1, offset) - starts_.begin() - 1;
+  return {parts_[i].get(), offset - starts_[i], starts_[i + 1]};
+}
+
+void ShardSource::read_exact(uint64_t offset, void* dst, size_t n, const CancelToken* cancel) const {
+  if (offset > size() || n > size() - offset)
+    throw FormatError("the shards end before byte " + std::to_string(offset + n) + " of " + name_, "", "file_size");
+  auto* out = static_cast<uint8_t*>(dst);
+  while (n > 0) {
+    const Located at = locate(offset);
+    const size_t take = static_cast<size_t>(std::min<uint64_t>(n, at.end - offset));
+    at.part->read_exact(at.offset, out, take, cancel);
+    offset += take;
+    out += take;
+    n -= take;
+  }
 }
 
 }  // namespace ts

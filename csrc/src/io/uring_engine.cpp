@@ -124,8 +124,9 @@ struct Shared {
 
 class Worker {
  public:
-  Worker(Shared& s, int fd, unsigned depth, bool async)
-      : s_(s), fd_(fd), depth_(depth), async_(async), owned_(RingPool::get().take(depth)), ring_(*owned_), left_(depth), slot_piece_(depth) {
+  Worker(Shared& s, const Source& src, unsigned depth, bool async)
+      : s_(s), src_(src), depth_(depth), async_(async), owned_(RingPool::get().take(depth)), ring_(*owned_),
+        left_(depth), slot_fd_(depth), slot_piece_(depth) {
     for (unsigned i = 0; i < depth; ++i) free_.push_back(i);
   }
   // The ring goes back for the next run, unless it broke or was left with reads in flight.
@@ -145,7 +146,10 @@ class Worker {
         free_.pop_back();
         slot_piece_[slot] = i;
         left_[slot] = s_.pieces[i];
-        if (!async_ && copy_cached(left_[slot])) {
+        const Source::Located at = src_.locate(left_[slot].offset);  // a piece lies within one part
+        left_[slot].offset = at.offset;
+        slot_fd_[slot] = at.part->fd();
+        if (!async_ && copy_cached(left_[slot], slot_fd_[slot])) {
           free_.push_back(slot);
           finish(i);
           continue;
@@ -161,10 +165,10 @@ class Worker {
  private:
   // Copies what the page cache already holds, in this thread (RWF_NOWAIT never waits for the
   // device); true when the whole piece was copied. What is left goes to the ring.
-  bool copy_cached(Piece& p) {
+  bool copy_cached(Piece& p, int fd) {
     while (p.length > 0) {
       iovec iov{p.dst, static_cast<size_t>(std::min<uint64_t>(p.length, 1u << 30))};
-      ssize_t n = ::preadv2(fd_, &iov, 1, static_cast<off_t>(p.offset), RWF_NOWAIT);
+      ssize_t n = ::preadv2(fd, &iov, 1, static_cast<off_t>(p.offset), RWF_NOWAIT);
       if (n <= 0) return false;  // not cached (EAGAIN), unsupported, or end of file: the ring decides
       p.offset += static_cast<uint64_t>(n);
       p.dst += n;
@@ -191,7 +195,7 @@ class Worker {
     // One SQE reads at most 1 GiB (its length is 32 bits): a longer piece completes short and
     // is queued again for the rest, as any short read is.
     const auto len = static_cast<unsigned>(std::min<uint64_t>(p.length, kMaxSqeBytes));
-    io_uring_prep_read(sqe, fd_, p.dst, len, p.offset);
+    io_uring_prep_read(sqe, slot_fd_[slot], p.dst, len, p.offset);
     if (async_) sqe->flags |= IOSQE_ASYNC;
     io_uring_sqe_set_data64(sqe, slot);
     ++in_flight_;
@@ -242,13 +246,14 @@ class Worker {
   }
 
   Shared& s_;
-  int fd_;
+  const Source& src_;
   unsigned depth_;
   bool async_;
   std::unique_ptr<Ring> owned_;
   Ring& ring_;
   bool broken_ = false;
-  std::vector<Piece> left_;         // what each slot's piece still has to read
+  std::vector<Piece> left_;         // what each slot's piece still has to read (offset in its part)
+  std::vector<int> slot_fd_;        // the file each slot reads
   std::vector<size_t> slot_piece_;  // which piece each slot holds
   std::vector<unsigned> free_;
   size_t in_flight_ = 0;
@@ -265,7 +270,7 @@ class UringEngine final : public ReadEngine {
     Shared shared{pieces, done, *this, {}, {}, {}, {}, {}};
     auto work = [&](size_t) {
       try {
-        Worker(shared, src_.fd(), depth_, async_).run();
+        Worker(shared, src_, depth_, async_).run();
       } catch (...) {
         shared.fail(std::current_exception());
       }

@@ -6,6 +6,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "tensorstream/io/engine.hpp"
@@ -27,8 +28,10 @@ struct RangeRequest {
 
 // Requests covering every piece once: pieces sorted by offset join the previous request when they
 // start at or after its end, within the gap allowed (above) of it, and the request stays within
-// `max_bytes` (a single piece larger than that is a request of its own).
-std::vector<RangeRequest> coalesce(const std::vector<Piece>& pieces, uint64_t max_bytes);
+// `max_bytes` (a single piece larger than that is a request of its own). With `part_end` (where
+// the resource holding an offset ends: the shards of one source), a request stays in one part.
+std::vector<RangeRequest> coalesce(const std::vector<Piece>& pieces, uint64_t max_bytes,
+                                   const std::function<uint64_t(uint64_t)>& part_end = {});
 
 // Copies `len` bytes that arrived at `pos` (relative to the request's offset) into the pieces they
 // belong to; bytes in gaps are dropped. `cursor` is the first piece that may still receive bytes:

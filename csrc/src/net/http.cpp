@@ -63,7 +63,9 @@ struct Transfer {
   const net::RangeRequest* req = nullptr;  // the pieces it fills
   const std::vector<Piece>* pieces = nullptr;
   size_t cursor = 0;                       // the first piece still receiving (net::scatter)
-  uint64_t offset = 0, length = 0;  // the whole request
+  uint64_t offset = 0, length = 0;  // the whole request, numbered as the engine's source
+  const HttpSource* part = nullptr;  // the resource holding it (the source, or one of its parts)
+  uint64_t base = 0;                 // where `part` starts in the engine's source
   uint64_t got = 0;  // bytes of the request received so far, over all attempts
   uint64_t want_from = 0;  // the offset this attempt asked for
   bool bad_range = false, overflow = false, resized = false;
@@ -113,8 +115,10 @@ size_t on_body(char* data, size_t size, size_t n, void* user) {
 
 class HttpEngine final : public ReadEngine {
  public:
-  HttpEngine(const HttpSource& src, size_t chunk)
-      : src_(src), chunk_(chunk), key_(net::host_key(src.url(), src.options())), host_(net::host_state(key_)) {}
+  // `src` is an HttpSource, or a ShardSource of them (of one kind: one host, one set of options).
+  HttpEngine(const Source& src, size_t chunk)
+      : src_(src), head_(part_of(src.locate(0))), chunk_(chunk), key_(net::host_key(head_.url(), head_.options())),
+        host_(net::host_state(key_)) {}
   const char* name() const override { return "http"; }
   bool remote() const override { return true; }
 
@@ -125,8 +129,10 @@ class HttpEngine final : public ReadEngine {
   void run(const std::vector<ReadOp>& ops, const ChunkDone& done) override {
     const std::vector<Piece> pieces = cut_pieces(ops, chunk_);
     if (pieces.empty()) return;
-    const std::vector<net::RangeRequest> requests = net::coalesce(pieces, chunk_);
-    const unsigned fixed = src_.options().connections;  // 0: auto
+    // A request never crosses from one resource into the next.
+    const std::vector<net::RangeRequest> requests =
+        net::coalesce(pieces, chunk_, [&](uint64_t offset) { return src_.locate(offset).end; });
+    const unsigned fixed = head_.options().connections;  // 0: auto
     const size_t most = fixed ? fixed : net::HostState::kMax;
     const size_t threads = std::min({static_cast<size_t>(default_threads()), most, requests.size()});
     const size_t per_lane = (most + threads - 1) / threads;
@@ -177,7 +183,7 @@ class HttpEngine final : public ReadEngine {
     const std::vector<Piece>& pieces = sh.pieces;
     const std::vector<net::RangeRequest>& requests = sh.requests;
     const ChunkDone& done = sh.done;
-    const HttpOptions& o = src_.options();
+    const HttpOptions& o = head_.options();
     CURLM* multi = lane.multi();
     Slots slots(lane, per_lane);
     std::vector<Transfer*> idle;
@@ -225,6 +231,9 @@ class HttpEngine final : public ReadEngine {
             t->pieces = &pieces;
             t->offset = requests[i].offset;
             t->length = requests[i].length;
+            const Source::Located at = src_.locate(t->offset);
+            t->part = &part_of(at);
+            t->base = t->offset - at.offset;
           } else {
             host_.finished();  // another lane took the last request
             continue;
@@ -281,23 +290,24 @@ class HttpEngine final : public ReadEngine {
   }
 
   void start(CURLM* multi, Transfer& t) {
-    const HttpOptions& o = src_.options();
+    const HttpSource& part = *t.part;
+    const HttpOptions& o = part.options();
     CURL* e = t.easy;
     curl_easy_reset(e);
-    t.want_from = t.offset + t.got;
+    t.want_from = t.offset - t.base + t.got;  // Range headers count from the start of the part
     t.cursor = 0;
     t.bad_range = t.overflow = t.resized = false;
     t.error_body.clear();
     t.reply = {};
-    t.total = src_.size();
+    t.total = part.size();
     t.host = &host_;
     curl_slist_free_all(t.headers);
-    t.headers = signed_headers(o, "GET", src_.url(), SigV4Signer::kUnsignedPayload, nullptr);
+    t.headers = signed_headers(o, "GET", part.url(), SigV4Signer::kUnsignedPayload, nullptr);
     if (t.headers) curl_easy_setopt(e, CURLOPT_HTTPHEADER, t.headers);
     ++t.attempts;
     std::snprintf(t.range, sizeof t.range, "%llu-%llu", static_cast<unsigned long long>(t.want_from),
-                  static_cast<unsigned long long>(t.offset + t.length - 1));
-    curl_easy_setopt(e, CURLOPT_URL, src_.url().c_str());
+                  static_cast<unsigned long long>(t.offset - t.base + t.length - 1));
+    curl_easy_setopt(e, CURLOPT_URL, part.url().c_str());
     curl_easy_setopt(e, CURLOPT_RANGE, t.range);
     curl_easy_setopt(e, CURLOPT_PRIVATE, &t);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
@@ -307,7 +317,7 @@ class HttpEngine final : public ReadEngine {
     // Large receive buffers: fewer, larger reads and copies (measured ~1.8x over curl's 16 KiB on
     // loopback; 2 MiB was no better than 512 KiB).
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 512L << 10);
-    net::set_common_options(e, o, src_.url());
+    net::set_common_options(e, o, part.url());
     net::track_connection(e, &t.sock);
     curl_multi_add_handle(multi, e);
   }
@@ -317,16 +327,17 @@ class HttpEngine final : public ReadEngine {
               Retries& retries, std::mt19937& rng) {
     long status = 0;
     curl_easy_getinfo(t.easy, CURLINFO_RESPONSE_CODE, &status);
-    const std::string where = "GET " + src_.name() + " bytes " + t.range;
+    const HttpSource& part = *t.part;
+    const std::string where = "GET " + part.name() + " bytes " + t.range;
     if (rc == CURLE_OK && status == 206 && !t.bad_range && !t.resized && t.got == t.length) {
       for (size_t i : t.req->pieces) done(pieces[i]);
       return;
     }
     if (status == 200)
       throw NetworkError(where + ": the server ignores Range requests (answered 200 with the whole file)",
-                         src_.name(), status, t.attempts);
+                         part.name(), status, t.attempts);
     // A move (never followed when signed) and a resource that changed size are final.
-    std::string why = net::describe_move(status, rc, t.reply, t.error_body, src_.options().signer != nullptr);
+    std::string why = net::describe_move(status, rc, t.reply, t.error_body, part.options().signer != nullptr);
     if (why.empty() && t.resized)
       why = "the resource changed size (" + net::printable(t.reply.content_range) + "; it had " +
             std::to_string(t.total) + " bytes when opened)";
@@ -348,10 +359,10 @@ class HttpEngine final : public ReadEngine {
       why = "body ended after " + std::to_string(t.got) + " of " + std::to_string(t.length) + " bytes";
     }
     if (t.bad_range || t.overflow) t.got = 0;  // what arrived cannot be trusted: fetch it again
-    if (!retryable || t.attempts > src_.options().retries)
+    if (!retryable || t.attempts > part.options().retries)
       throw NetworkError(where + ": " + why + " after " + std::to_string(t.attempts) + " attempt" +
                              (t.attempts == 1 ? "" : "s"),
-                         src_.name(), status, t.attempts);
+                         part.name(), status, t.attempts);
     double base = 0.05 * static_cast<double>(1u << std::min(t.attempts - 1, 7u));
     double delay = std::min(base, 5.0) * std::uniform_real_distribution<double>(0.5, 1.0)(rng);
     retries.push_back({Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(delay)),
@@ -359,7 +370,11 @@ class HttpEngine final : public ReadEngine {
     std::sort(retries.begin(), retries.end(), [](const auto& a, const auto& b) { return a.at < b.at; });
   }
 
-  const HttpSource& src_;
+  // The parts of a source read by this engine are HttpSources (Source::kind says so).
+  static const HttpSource& part_of(const Source::Located& at) { return static_cast<const HttpSource&>(*at.part); }
+
+  const Source& src_;
+  const HttpSource& head_;  // the first part: the host, the run's options
   size_t chunk_;
   const std::string key_;
   net::HostState& host_;
@@ -398,11 +413,11 @@ void HttpSource::read_exact(uint64_t offset, void* dst, size_t n, const CancelTo
   engine.run({ReadOp{offset, n, static_cast<uint8_t*>(dst)}}, [](const Piece&) {});
 }
 
-std::unique_ptr<ReadEngine> make_http_engine(const HttpSource& src, size_t chunk_bytes) {
-  return std::make_unique<HttpEngine>(src, chunk_bytes);
+std::unique_ptr<ReadEngine> HttpSource::engine_for(const Source& whole, size_t chunk_bytes) const {
+  return std::make_unique<HttpEngine>(whole, chunk_bytes);
 }
 
-std::unique_ptr<ReadEngine> HttpSource::own_engine(size_t chunk_bytes) const { return make_http_engine(*this, chunk_bytes); }
+std::string HttpSource::kind() const { return "http " + net::host_key(url_, opts_); }
 
 std::vector<HostConcurrency> host_concurrency() {
   std::vector<HostConcurrency> out;

@@ -40,7 +40,8 @@ class HttpSource final : public Source {
   const std::string& name() const override { return display_; }
   void read_exact(uint64_t offset, void* dst, size_t n) const override;
   void read_exact(uint64_t offset, void* dst, size_t n, const CancelToken* cancel) const override;
-  std::unique_ptr<ReadEngine> own_engine(size_t chunk_bytes) const override;  // make_http_engine
+  std::string kind() const override;  // one host, one set of connection options
+  std::unique_ptr<ReadEngine> engine_for(const Source& whole, size_t chunk_bytes) const override;
   const std::string& url() const { return url_; }
   const HttpOptions& options() const { return opts_; }
   // What the reply to the size probe said of the resource ("" when the server sent nothing).
@@ -52,8 +53,6 @@ class HttpSource final : public Source {
   HttpOptions opts_;
   uint64_t size_ = 0;
 };
-
-std::unique_ptr<ReadEngine> make_http_engine(const HttpSource& src, size_t chunk_bytes);
 
 // How many range requests each host read from gets (see net/ramp.hpp): the level in use, whether
 // the ramp has settled, and the bytes/s it measured at each level it tried.
