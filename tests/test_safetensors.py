@@ -155,6 +155,41 @@ def test_sharded_through_the_ring_standin(sharded, monkeypatch):
         assert_same(got[name], tensor)
 
 
+def _mapped_files() -> list[tuple[int, int, str]]:
+    """(start, end, path) of this process's file mappings."""
+    out = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith("/"):
+                lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                out.append((lo, hi, fields[5].strip()))
+    return out
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
+def test_sharded_zero_copy_slices_each_shards_mapping(sharded, lazy):
+    """zero_copy over shards: every tensor is a slice of its own shard's mapping (no copy: its
+    bytes lie at the shard's data in the page cache), owns its storage, and writing to it leaves
+    the file as it was."""
+    folder, tensors = sharded
+    with TensorDeserializer(folder, zero_copy=True, lazy_load=lazy) as d:
+        got = {name: d[name] for name in d.keys()}
+    assert sorted(got) == sorted(tensors)
+    mapped = _mapped_files()
+    for name, tensor in tensors.items():
+        assert_same(got[name], tensor)
+        if tensor.numel():
+            assert got[name].untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+            where = next(path for lo, hi, path in mapped if lo <= got[name].data_ptr() < hi)
+            assert where.endswith(".safetensors") and where.startswith(str(folder)), (name, where)
+    first = next(n for n, t in got.items() if t.numel() and t.is_floating_point())
+    got[first].zero_()
+    for shard in sorted(folder.glob("*.safetensors")):
+        for name, tensor in safetensors.torch.load_file(str(shard)).items():
+            assert_same(tensor, tensors[name])  # the file is unchanged by the write
+
+
 def test_shard_folder_without_index(tmp_path):
     a, b = {"x": torch.arange(4.0)}, {"y": torch.ones(2, 2)}
     safetensors.torch.save_file(a, str(tmp_path / "a.safetensors"))

@@ -15,15 +15,6 @@
 
 namespace py = pybind11;
 
-namespace {
-// Whether a read from `s` may wait on something outside this machine (the network), so that
-// Ctrl-C must be able to stop it; files and memory answer at once.
-bool may_wait(const ts::Source& s) {
-  const ts::Source& part = *s.locate(0).part;  // the parts of a ShardSource are of one kind
-  return part.fd() < 0 && part.memory() == nullptr;
-}
-}  // namespace
-
 namespace tsb {
 
 namespace {
@@ -123,6 +114,14 @@ void register_format(py::module_& m) {
       py::arg("source"),
       "What a local file lies on (page-cache share, spinning or not) and the io_uring queue depth "
       "TENSORSTREAM_QUEUE_DEPTH=0 picks for it.");
+  m.def(
+      "resident_share",
+      [](uintptr_t address, uint64_t length, uint64_t samples) {
+        return ts::resident_in(reinterpret_cast<const void*>(address), length, samples, 1);
+      },
+      py::arg("address"), py::arg("length"), py::arg("samples") = 16,
+      "The share of `samples` pages spread over [address, address + length), a file mapping of this "
+      "process, that the page cache holds (mincore: nothing is read).");
   py::class_<ts::FileSource, ts::Source, std::shared_ptr<ts::FileSource>>(m, "FileSource")
       .def(py::init<const std::string&>(), py::arg("path"), py::call_guard<release_gil>())
       .def_static("from_fd", &ts::FileSource::from_fd, py::arg("fd"), py::call_guard<release_gil>());
@@ -165,7 +164,7 @@ void register_format(py::module_& m) {
         return "<Entry " + ts::printable_name(e.name) + " " + ts::printable_name(e.dtype) + ">";
       });
 
-  py::class_<ts::tz::Index, std::shared_ptr<ts::tz::Index>>(m, "Index")
+  py::class_<ts::tz::Index, std::shared_ptr<ts::tz::Index>>(m, "Index", py::dynamic_attr())
       .def_property_readonly("version", [](const ts::tz::Index& i) { return i.header.version; })
       .def_property_readonly("feature_flags", [](const ts::tz::Index& i) { return i.header.feature_flags; })
       .def_property_readonly("tensor_size", [](const ts::tz::Index& i) { return i.header.tensor_size; })
@@ -184,15 +183,24 @@ void register_format(py::module_& m) {
                                return d;
                              })
       .def_readonly("file_size", &ts::tz::Index::file_size)
-      .def_readonly("entries", &ts::tz::Index::entries)
+      .def_property_readonly(
+          "entries",
+          [](py::object self) -> py::object {
+            // Converted once and kept: an index never changes, and callers index it per tensor.
+            py::dict attrs = self.attr("__dict__");
+            if (!attrs.contains("_entries")) attrs["_entries"] = py::cast(self.cast<const ts::tz::Index&>().entries);
+            return attrs["_entries"];
+          },
+          "The index entries, in file order (one list, made on first access).")
       .def("__len__", [](const ts::tz::Index& i) { return i.entries.size(); });
 
   m.def(
       "read_index",
       [](const std::shared_ptr<ts::Source>& src) {
         ts::CancelToken stop;  // Ctrl-C stops reading the index as it stops a load
-        return call_interruptible([&] { return std::make_shared<ts::tz::Index>(ts::read_any_index(*src, &stop)); },
-                                  [&] { stop.interrupt(); });
+        auto read = [&] { return std::make_shared<ts::tz::Index>(ts::read_any_index(*src, &stop)); };
+        if (!may_wait(*src)) return call_without_gil(read);  // a file or memory: no helper thread
+        return call_interruptible(read, [&] { stop.interrupt(); });
       },
       py::arg("source"), "The index of a tensorizer or safetensors source, the format picked by its first bytes.");
   m.def(

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include "nogil.hpp"
+#include "tensorstream/io/source.hpp"
 
 #include <chrono>
 #include <condition_variable>
@@ -23,6 +24,13 @@ constexpr std::chrono::milliseconds kSignalPoll{20};
 inline bool on_main_thread() {
   pybind11::module_ threading = pybind11::module_::import("threading");
   return threading.attr("main_thread")().is(threading.attr("current_thread")());
+}
+
+// Whether a read from `s` may wait on something outside this machine (the network), so that
+// Ctrl-C must be able to stop it; files and memory answer at once.
+inline bool may_wait(const ts::Source& s) {
+  const ts::Source& part = *s.locate(0).part;  // the parts of a ShardSource are of one kind
+  return part.fd() < 0 && part.memory() == nullptr;
 }
 
 // Returns `work()`, run with the GIL released. On the main thread the work runs in a helper

@@ -77,8 +77,10 @@ void register_io(py::module_& m) {
               ts::Loader& loader;
               ~Resume() { loader.resume(); }
             } resume{self};
-            return call_interruptible([&] { return self.check_in_place(index, reqs, verify_hash); },
-                                      [&] { self.interrupt(); });
+            auto check = [&] { return self.check_in_place(index, reqs, verify_hash); };
+            // Without hashing, a local file's check reads a few headers at most: no helper thread.
+            if (!verify_hash && !may_wait(self.source())) return call_without_gil(check);
+            return call_interruptible(check, [&] { self.interrupt(); });
           },
           py::arg("index"), py::arg("requests"), py::arg("verify_hash") = false,
           "As load(), for data already at each request's address (a mapping of the file): headers "

@@ -6,6 +6,12 @@
 #include "tensorstream/format/names.hpp"
 #include "tensorstream/format/safetensors.hpp"
 
+namespace ts {
+namespace {
+constexpr uint64_t kLocalFirstRead = 64u << 10;
+}  // namespace
+}  // namespace ts
+
 namespace ts::tz {
 
 Index read_index(const Source& src, std::vector<uint8_t> buf, const CancelToken* cancel) {
@@ -51,7 +57,12 @@ tz::Index read_index(const Source& src, std::vector<uint8_t> buf, const CancelTo
 namespace ts {
 
 tz::Index read_any_index(const Source& src, const CancelToken* cancel) {
-  std::vector<uint8_t> first(std::min<uint64_t>(src.size(), tz::kFileHeaderSize + tz::kWriterMetadataLen));
+  // A remote source gets the usual index in one request; a local one reads a little first (a
+  // safetensors header is mostly a few KiB) and the rest only when the index is longer.
+  const Source& part = *src.locate(0).part;
+  const bool local = part.fd() >= 0 || part.memory() != nullptr;
+  const uint64_t want = local ? kLocalFirstRead : tz::kFileHeaderSize + tz::kWriterMetadataLen;
+  std::vector<uint8_t> first(std::min<uint64_t>(src.size(), want));
   src.read_exact(0, first.data(), first.size(), cancel);
   const bool tensorizer = first.size() >= sizeof(tz::kMagic) && std::memcmp(first.data(), tz::kMagic, 5) == 0;
   if (!tensorizer && st::looks_like(first.data(), first.size())) return st::read_index(src, std::move(first), cancel);

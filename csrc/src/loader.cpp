@@ -27,9 +27,19 @@ constexpr uint64_t kEarlyDataBytes = 4u << 20;  // remote data fetched with the 
 
 }  // namespace
 
-Loader::Loader(std::shared_ptr<Source> src, EngineOptions opts)
-    : src_(std::move(src)), opts_(std::move(opts)), engine_(make_engine(*src_, opts_)) {
-  engine_->set_cancel(&cancel_);
+Loader::Loader(std::shared_ptr<Source> src, EngineOptions opts) : src_(std::move(src)), opts_(std::move(opts)) {
+  if (!src_) throw std::invalid_argument("a Loader needs a source");
+  const std::string& b = opts_.backend;
+  if (b != "auto" && b != "uring" && b != "posix")
+    throw std::invalid_argument("unknown I/O backend '" + b + "' (expected auto, uring or posix)");
+}
+
+ReadEngine& Loader::engine() const {
+  std::call_once(made_, [this] {
+    engine_ = make_engine(*src_, opts_);
+    engine_->set_cancel(&cancel_);
+  });
+  return *engine_;
 }
 
 template <class F>
@@ -60,7 +70,9 @@ std::vector<uint16_t> Loader::check_checked(const tz::Index& index, const std::v
   check_requests(index, reqs);
   cancel_.check();
   auto t0 = Clock::now();
-  std::vector<TensorCheck> checks = read_headers(*engine_, *src_, index, reqs, verify, keys_, stats_.reads, &cancel_);
+  std::vector<TensorCheck> checks = index.has_tensor_headers() || verify
+      ? read_headers(engine(), *src_, index, reqs, verify, keys_, stats_.reads, &cancel_)
+      : checks_without_headers(reqs);  // data in place and nothing to check: no engine needed
   stats_.header_seconds = since(t0);
   t0 = Clock::now();
   for (const auto& r : reqs) stats_.bytes += r.nbytes;
@@ -122,12 +134,13 @@ std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::ve
   // A little data from a remote source (a lazy access, a small file) is fetched with the headers:
   // each tensor's data follows its header, so the two travel in one request, not one round trip
   // each. It is checked below, once the headers are known, as if it had just arrived.
-  const bool early = engine_->remote() && stats_.bytes <= kEarlyDataBytes;
+  ReadEngine& engine = this->engine();
+  const bool early = engine.remote() && stats_.bytes <= kEarlyDataBytes;
 
   // Phase 1: per-tensor headers, in batches of bounded scratch, parsed and checked against the index.
   auto t0 = Clock::now();
   std::vector<TensorCheck> checks =
-      read_headers(*engine_, *src_, index, reqs, verify, keys_, stats_.reads, &cancel_, early ? &ops : nullptr);
+      read_headers(engine, *src_, index, reqs, verify, keys_, stats_.reads, &cancel_, early ? &ops : nullptr);
   stats_.header_seconds = since(t0);
   cancel_.check();
 
@@ -173,7 +186,7 @@ std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::ve
     if (early) {
       for (size_t k = 0; k < ops.size(); ++k) on_chunk(Piece{k, ops[k].offset, ops[k].length, ops[k].dst});
     } else {
-      engine_->run(ops, on_chunk);
+      engine.run(ops, on_chunk);
       stats_.reads += ops.size();
     }
   } catch (const ReadFailure& f) {
@@ -182,7 +195,7 @@ std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::ve
   stats_.data_seconds = since(t0);
   stats_.hash_seconds = times.hash_seconds();
   stats_.decrypt_seconds = times.decrypt_seconds();
-  stats_.queued_bytes = engine_->queued_bytes();
+  stats_.queued_bytes = engine.queued_bytes();
   digests_ = digests_of(checks);
   std::vector<uint16_t> modules;
   modules.reserve(checks.size());

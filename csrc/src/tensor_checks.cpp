@@ -62,18 +62,23 @@ void check_encryption(bool encrypted, const crypto::KeySource& keys, const std::
     throw CryptographyError("'" + file + "' is not encrypted, but a decryption key was given: load it without one");
 }
 
+std::vector<TensorCheck> checks_without_headers(const std::vector<LoadRequest>& reqs) {
+  std::vector<TensorCheck> checks(reqs.size());
+  for (size_t i = 0; i < reqs.size(); ++i) checks[i].digest.entry = reqs[i].entry;
+  return checks;
+}
+
 std::vector<TensorCheck> read_headers(ReadEngine& engine, const Source& src, const tz::Index& index,
                                       const std::vector<LoadRequest>& reqs, bool verify, crypto::KeySource& keys,
                                       uint64_t& reads, const CancelToken* cancel,
                                       const std::vector<ReadOp>* with_first) {
-  std::vector<TensorCheck> checks(reqs.size());
   if (!index.has_tensor_headers()) {  // safetensors: nothing to read, nothing to verify
     if (verify) throw std::invalid_argument("safetensors files carry no hashes: there is nothing to verify");
-    for (size_t i = 0; i < reqs.size(); ++i) checks[i].digest.entry = reqs[i].entry;
     if (with_first && !with_first->empty()) engine.run(*with_first, [](const Piece&) {});
     reads += with_first ? with_first->size() : 0;
-    return checks;
+    return checks_without_headers(reqs);
   }
+  std::vector<TensorCheck> checks(reqs.size());
   std::vector<uint8_t> scratch;
   for (size_t begin = 0; begin < reqs.size();) {
     if (cancel) cancel->check();

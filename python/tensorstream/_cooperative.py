@@ -26,7 +26,6 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -49,13 +48,13 @@ class CoopLoader:
         self.team = team
         self.device = device
         self.batch_bytes = BATCH_BYTES
-        self.parts = list(inner.parts) if isinstance(inner, _shards.ShardedLoader) else [inner]
-        # The shards' indexes joined, when one loader reads every shard (_shards.ShardedLoader).
-        self.whole_index = inner.whole_index if isinstance(inner, _shards.ShardedLoader) else None
-        self.in_arena = not any(isinstance(p, _ring.RingLoader) for p in self.parts)
+        sharded = isinstance(inner, _shards.ShardedLoader)
+        self.core_loader = inner.parts[0] if sharded else inner  # one loader, of every shard if sharded
+        self.whole_index = inner.whole_index if sharded else None  # the shards' indexes joined
+        self.in_arena = not isinstance(self.core_loader, _ring.RingLoader)
         self._stats: dict[str, Any] = {}
         self._digests: list[Any] = []
-        self._lock = threading.Lock()  # shards of one batch finish on threads of their own
+        self._lock = threading.Lock()  # figures added from the reading thread, read from others
         self.placed = 0  # bytes in place on this rank: read here or received
         self.received = 0
         self.exchange_seconds = 0.0
@@ -201,28 +200,11 @@ class _Reader:
 
 
 def _fill(loader: CoopLoader, index: Any, requests: list[tuple], verify: bool) -> list[int]:
-    """One core call per file for ``requests`` (``(pos, address, nbytes)``, index order), shards
-    at once; the module indexes in request order. Adds the calls' figures to ``loader``."""
-    if not isinstance(index, _shards.ShardedIndex):
-        return _fill_one(loader, loader.parts[0], index, requests, verify)
-    if loader.whole_index is not None:  # one loader of every shard: positions are the same
-        return _fill_one(loader, loader.parts[0], loader.whole_index, requests, verify)
-    by_shard: dict[int, list[tuple]] = {}
-    for pos, address, nbytes in requests:
-        shard, local = index.locate(pos)
-        by_shard.setdefault(shard, []).append((local, address, nbytes))
-
-    def run(shard: int) -> list[int]:
-        return _fill_one(loader, loader.parts[shard], index.parts[shard], by_shard[shard], verify)
-
-    if len(by_shard) == 1:  # most rounds stay inside one shard: no thread to start
-        got = {shard: run(shard) for shard in by_shard}
-    else:
-        with ThreadPoolExecutor(max_workers=len(by_shard), thread_name_prefix="tensorstream-shard") as pool:
-            futures = {shard: pool.submit(run, shard) for shard in by_shard}
-            got = {shard: fut.result() for shard, fut in futures.items()}
-    # Requests come in index order and shards hold consecutive positions: shard order is request order.
-    return [m for shard in sorted(by_shard) for m in got[shard]]
+    """One core call for ``requests`` (``(pos, address, nbytes)``, index order; a sharded
+    checkpoint's through the loader of every shard); the module indexes in request order. Adds
+    the call's figures to ``loader``."""
+    whole = loader.whole_index if loader.whole_index is not None else index
+    return _fill_one(loader, loader.core_loader, whole, requests, verify)
 
 
 def _fill_one(loader: CoopLoader, part: Any, index: Any, requests: list[tuple], verify: bool) -> list[int]:

@@ -16,6 +16,7 @@ old one.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import mmap
 import os
@@ -63,30 +64,60 @@ def open_local(obj: Any) -> tuple[Any, mmap.mmap | None]:
 
 class MappedLoader(_native.CoreWrapper):
     """The loader of a zero-copy deserializer: a core Loader for the headers and hashes, and the
-    mapping that tensors are sliced from."""
+    mapping of each file that tensors are sliced from (the shards of a checkpoint, laid end to
+    end in ``source``, a ShardSource, each with its own mapping)."""
 
     backend = "mmap"
-    inline = True  # nothing to wait on without hashing: sharded loads run it in the caller's thread
 
-    def __init__(self, source: Any, region: mmap.mmap | None, *, threads: int = 0) -> None:
+    def __init__(self, source: Any, regions: Sequence[mmap.mmap | None], *, threads: int = 0) -> None:
         self.core = _native.Loader(source, threads=threads)
-        self.region = region
+        self.regions = list(regions)
+        self.starts = list(source.starts) if len(self.regions) > 1 else [0, source.size]
+        if len(self.starts) != len(self.regions) + 1:
+            raise ValueError(f"{len(self.regions)} mappings for the {len(self.starts) - 1} files of {source.name}")
 
     def set_decryption(self, **_: Any) -> None:
         raise ValueError("zero_copy=True cannot decrypt: encrypted tensors are always copied")
 
+    def slices(self, spans: Sequence[tuple[int, int]], *, populate: bool) -> list[torch.Tensor]:
+        """One uint8 tensor per ``(offset, nbytes)`` (offsets in the source, each span within one
+        file), each owning a storage over its file's mapping; ``populate`` maps the pages up front
+        where the page cache lacks some (see ``_populate``)."""
+        if len(self.regions) == 1:
+            if populate:
+                _populate(self.regions[0], spans)
+            return _arena.slices_of(self.regions[0], 0, spans) if spans else []
+        by_file: dict[int, list[tuple[int, int, int]]] = {}
+        for k, (offset, nbytes) in enumerate(spans):
+            i = bisect.bisect_right(self.starts, offset) - 1
+            by_file.setdefault(i, []).append((k, offset - self.starts[i], nbytes))
+        out: list[Any] = [None] * len(spans)
+        for i, items in by_file.items():
+            local = [(offset, nbytes) for _, offset, nbytes in items]
+            if populate:
+                _populate(self.regions[i], local)
+            for (k, _, _), raw in zip(items, _arena.slices_of(self.regions[i], 0, local), strict=True):
+                out[k] = raw
+        return out
 
-    def populate(self, spans: Sequence[tuple[int, int]]) -> None:
-        """Maps the page-cache pages holding ``spans`` in one call (no fault per page later);
-        pages not cached yet are read from the file. Best effort on older kernels."""
-        if self.region is None or not spans:
-            return
-        lo = min(off for off, _ in spans) // mmap.PAGESIZE * mmap.PAGESIZE
-        hi = max(off + n for off, n in spans)
-        try:
-            self.region.madvise(MADV_POPULATE_READ, lo, hi - lo)
-        except (OSError, ValueError):
-            pass  # pages are then mapped on first touch
+
+def _populate(region: mmap.mmap | None, spans: Sequence[tuple[int, int]]) -> None:
+    """Reads the pages holding ``spans`` into the page cache and maps them, in one call, when the
+    cache lacks some of them (a sample of pages tells). A cached file is left to be mapped as it
+    is touched: the kernel then maps 16 neighbouring cached pages per fault, which costs less
+    than mapping them all up front (measured: 2 GiB, about 1.5 ms of faults against 6 ms). Best
+    effort on older kernels."""
+    if region is None or not spans:
+        return
+    lo = min(off for off, _ in spans) // mmap.PAGESIZE * mmap.PAGESIZE
+    hi = max(off + n for off, n in spans)
+    start = torch.frombuffer(region, dtype=torch.uint8, count=1).data_ptr()
+    if _native.resident_share(start + lo, hi - lo) >= 1.0:
+        return
+    try:
+        region.madvise(MADV_POPULATE_READ, lo, hi - lo)
+    except (OSError, ValueError):
+        pass  # pages are then read and mapped on first touch
 
 
 def load(
@@ -94,13 +125,11 @@ def load(
 ) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
     """As :func:`_loading.load`, with each tensor a slice of the mapping instead of a copy.
 
-    ``pooled`` (an eager load) maps all the tensors' pages up front.
+    ``pooled`` (an eager load) maps all the tensors' pages up front when the cache lacks some.
     """
     with_data = [r for r in records if r.nbytes]
     spans = [(index.entries[r.pos].data_offset, r.nbytes) for r in with_data]
-    raws = _arena.slices_of(loader.region, 0, spans) if spans else []
-    if pooled:
-        loader.populate(spans)
+    raws = loader.slices(spans, populate=pooled)
     requests = _loading.plan(records, with_data, raws)
     try:
         module_idx = loader.core.check_in_place(index, requests, verify_hash)

@@ -32,6 +32,7 @@ cuda_driver = _core.cuda_driver
 Writer = _core.Writer
 read_index = _core.read_index
 join_indexes = _core.join_indexes
+resident_share = _core.resident_share
 read_digests = _core.read_digests
 derive_key = _core.derive_key
 core_features = _core.features
@@ -63,6 +64,7 @@ __all__ = [
     "Writer",
     "read_index",
     "join_indexes",
+    "resident_share",
     "read_digests",
     "derive_key",
     "core_features",

@@ -1,20 +1,16 @@
-"""Several files read as one: the index of every shard behind one list of entries, and a
+"""Several files read as one: the index of every shard behind one list of entries, and one
 loader for all of them.
 
-Most often that loader is one core loader over a ``_native.ShardSource`` (the shards laid end to
-end) with the shards' indexes joined (``_native.join_indexes``): a load is one engine run over
-every shard, with one set of workers, one connection pool and one ring. Shards read where they
-lie (mapped: ``zero_copy``, complete cache entries) get one loader each instead, run in the
-caller's thread (nothing to wait on) or, to hash them, all started before any is waited on (the
-core releases the GIL). A tensor name that appears in two shards is a FormatError.
+The loader reads a ``_native.ShardSource`` (the shards laid end to end) with the shards' indexes
+joined (``_native.join_indexes``): a load is one engine run over every shard, with one set of
+workers, one connection pool and one ring (a zero-copy load slices each shard's own mapping). A
+tensor name that appears in two shards is a FormatError.
 """
 
 from __future__ import annotations
 
 import bisect
-import dataclasses
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -63,80 +59,42 @@ class ShardedIndex:
 
 
 class ShardedLoader:
-    """One loader per shard, driven together; or one loader of every shard (``whole_index``)."""
+    """The loader of every shard (over their ShardSource) and the shards' indexes joined, whose
+    positions are those of the ShardedIndex."""
 
-    def __init__(self, loaders: Sequence[Any], load_one: LoadFn, whole_index: Any = None) -> None:
-        """``whole_index``: the shards' indexes joined, when ``loaders`` is one loader over a
-        ShardSource of every shard; its positions are those of the ShardedIndex."""
-        self.parts = list(loaders)
+    def __init__(self, loader: Any, load_one: LoadFn, whole_index: Any) -> None:
+        self.parts = [loader]
         self.load_one = load_one
         self.whole_index = whole_index
-        if whole_index is not None and len(self.parts) != 1:
-            raise ValueError("a joined index goes with one loader of every shard")
 
     @property
     def backend(self) -> str:
         return self.parts[0].backend
 
     def set_decryption(self, **kwargs: Any) -> None:
-        for loader in self.parts:
-            loader.set_decryption(**kwargs)
+        self.parts[0].set_decryption(**kwargs)
 
     def stats(self) -> dict[str, Any]:
-        total: dict[str, Any] = {}
-        for loader in self.parts:
-            for key, value in loader.stats().items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    total[key] = total.get(key, 0) + value
-        return total
+        return self.parts[0].stats()
 
     def digests(self) -> list[Any]:
         return []  # shards are safetensors files here, which carry no hashes
 
     def cancel(self) -> None:
-        for loader in self.parts:
-            loader.cancel()
+        self.parts[0].cancel()
 
     @property
     def cancelled(self) -> bool:
-        return any(loader.cancelled for loader in self.parts)
+        return self.parts[0].cancelled
 
     @property
     def progress(self) -> int:
-        """Data bytes the shards' running (or last) loads have read so far."""
-        return sum(loader.progress for loader in self.parts)
+        """Data bytes the running (or last) load has read so far."""
+        return self.parts[0].progress
 
 
 def load(
     loader: ShardedLoader, index: ShardedIndex, records: Sequence[_loading.Record], verify_hash: bool, *, pooled: bool
 ) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
-    """As :func:`_loading.load` over shards: one load through the loader of every shard, or each
-    shard's records to its loader, all at once."""
-    if loader.whole_index is not None:
-        return loader.load_one(loader.parts[0], loader.whole_index, records, verify_hash, pooled=pooled)
-    by_shard: dict[int, list[_loading.Record]] = {}
-    for rec in records:
-        shard, local = index.locate(rec.pos)
-        by_shard.setdefault(shard, []).append(dataclasses.replace(rec, pos=local))
-
-    def run(shard: int) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
-        return loader.load_one(loader.parts[shard], index.parts[shard], by_shard[shard], verify_hash, pooled=pooled)
-
-    # Loaders with no reads to wait on (mapped files without hashing) run here, one after another:
-    # starting a thread per shard would cost more than their work.
-    inline = not verify_hash and all(getattr(loader.parts[s], "inline", False) for s in by_shard)
-    if len(by_shard) == 1 or inline:
-        results = {shard: run(shard) for shard in by_shard}
-    else:
-        with ThreadPoolExecutor(max_workers=len(by_shard), thread_name_prefix="tensorstream-shard") as pool:
-            futures = {shard: pool.submit(run, shard) for shard in by_shard}
-            results = {}
-            for shard, fut in futures.items():
-                results[shard] = fut.result()  # waits on each; the first error is raised after all end
-    tensors: dict[int, torch.Tensor] = {}
-    module_idx: dict[int, int] = {}
-    for shard, (got, modules) in results.items():
-        base = index.starts[shard]
-        tensors.update((base + pos, t) for pos, t in got.items())
-        module_idx.update((base + pos, m) for pos, m in modules.items())
-    return tensors, module_idx
+    """As :func:`_loading.load` over shards: one load of every shard through the loader of all."""
+    return loader.load_one(loader.parts[0], loader.whole_index, records, verify_hash, pooled=pooled)

@@ -445,40 +445,37 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             raise
 
     def _make_loader(self, shards: list[_checkpoint.Shard], threads: int, zero_copy: bool) -> tuple[Any, Callable]:
-        """The loader of the file (or of every shard, driven together) and its load function."""
+        """The loader of the file, or of every shard of a checkpoint at once, and its load function.
+
+        The shards of a checkpoint lie side by side (one folder, one host), so the core lays them
+        end to end as one source and joins their indexes: a load is one engine run over all of
+        them (one set of workers, one connection pool, one ring whatever the number of shards).
+        """
         ring = _ring.wanted(self._device)
         if len(shards) == 1:
-            loader, load = self._loader_for(shards[0], threads, zero_copy, ring)
-        elif zero_copy or (not ring and self._device.type == "cpu" and any(s.region is not None for s in shards)):
-            # Mapped shards are used where they lie: one mapped loader each.
-            loaders = [self._loader_for(s, threads, zero_copy, ring) for s in shards]
-            loader, load = _shards.ShardedLoader([ld for ld, _ in loaders], loaders[0][1]), _shards.load
+            source, index = shards[0].source, shards[0].index
         else:
-            loader, load = self._loader_of_all(shards, threads, ring)
+            source = _native.ShardSource([s.source for s in shards], self._label)
+            index = _native.join_indexes([s.index for s in shards], source)
+        loader, load = self._loader_for(source, index, [s.region for s in shards], threads, zero_copy, ring)
+        if len(shards) > 1:
+            loader, load = _shards.ShardedLoader(loader, load, index), _shards.load
         if self._team is not None:
             return _cooperative.CoopLoader(loader, self._team, self._device), _cooperative.load
         return loader, load
 
-    def _loader_of_all(self, shards: list[_checkpoint.Shard], threads: int, ring: bool) -> tuple[Any, Callable]:
-        """One loader reading every shard in one engine run (one set of workers, one connection
-        pool, one ring: the memory of one load whatever the number of shards), and its load
-        function. The shards of a checkpoint lie side by side (one folder, one host), so their
-        sources are of one kind."""
-        source = _native.ShardSource([s.source for s in shards], self._label)
-        index = _native.join_indexes([s.index for s in shards], source)
-        loader, load = self._loader_for(_checkpoint.Shard(source, index), threads, False, ring)
-        return _shards.ShardedLoader([loader], load, whole_index=index), _shards.load
-
-    def _loader_for(self, shard: _checkpoint.Shard, threads: int, zero_copy: bool, ring: bool) -> tuple[Any, Callable]:
-        """The loader of one file, and the function that loads records through it (``ring``: the
-        load goes through the device ring). A complete cache entry loaded to the CPU unencrypted
-        is used where it lies, as with zero_copy."""
+    def _loader_for(self, source: Any, index: Any, regions: list[Any], threads: int, zero_copy: bool,
+                    ring: bool) -> tuple[Any, Callable]:
+        """The loader of ``source`` (one file, or a ShardSource) and the function that loads records
+        through it (``ring``: through the device ring). With zero_copy, and for complete cache
+        entries loaded to the CPU unencrypted, tensors are slices of each file's mapping
+        (``regions``, one per file)."""
         on_cpu = self._device.type == "cpu" and not ring
-        if zero_copy or (shard.region is not None and on_cpu and not shard.index.encrypted):
-            return _mapped.MappedLoader(shard.source, shard.region, threads=threads), _mapped.load
+        if zero_copy or (on_cpu and not index.encrypted and all(r is not None for r in regions)):
+            return _mapped.MappedLoader(source, regions, threads=threads), _mapped.load
         if ring:
-            return _ring.RingLoader(shard.source, self._device, threads=threads), _ring.load
-        return _native.Loader(shard.source, threads=threads), _loading.load
+            return _ring.RingLoader(source, self._device, threads=threads), _ring.load
+        return _native.Loader(source, threads=threads), _loading.load
 
     # Properties ----------------------------------------------------------------------------
 

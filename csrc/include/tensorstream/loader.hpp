@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -33,8 +34,10 @@ struct LoadStats {
 
 class Loader {
  public:
+  // The engine is made on first use (a zero-copy load of safetensors never needs one); an unknown
+  // backend name is refused here (std::invalid_argument).
   Loader(std::shared_ptr<Source> src, EngineOptions opts);
-  const char* backend() const { return engine_->name(); }
+  const char* backend() const { return engine().name(); }
   const Source& source() const { return *src_; }
   // Returns each request's module_idx (from its per-tensor header), in request order. Throws
   // Cancelled when stopped by cancel() or interrupt(), once nothing writes to the destinations.
@@ -65,9 +68,12 @@ class Loader {
   template <class F>
   std::vector<uint16_t> naming_cancel(F&& body);
 
+  ReadEngine& engine() const;
+
   std::shared_ptr<Source> src_;
   EngineOptions opts_;
-  std::unique_ptr<ReadEngine> engine_;
+  mutable std::once_flag made_;
+  mutable std::unique_ptr<ReadEngine> engine_;
   LoadStats stats_;
   std::atomic<uint64_t> progress_{0};
   crypto::KeySource keys_;

@@ -37,6 +37,9 @@ void check_encryption(bool encrypted, const crypto::KeySource& keys, const std::
 // reads nothing: std::invalid_argument with `verify`, else checks without hashes. `with_first`
 // (may be null) are reads done in the same engine run as the first batch of headers (a remote
 // source then fetches a small tensor's header and data in one request); the caller checks them.
+// The checks of requests whose file has no per-tensor headers (safetensors): nothing to read.
+std::vector<TensorCheck> checks_without_headers(const std::vector<LoadRequest>& reqs);
+
 std::vector<TensorCheck> read_headers(ReadEngine& engine, const Source& src, const tz::Index& index,
                                       const std::vector<LoadRequest>& reqs, bool verify, crypto::KeySource& keys,
                                       uint64_t& reads, const CancelToken* cancel = nullptr,

@@ -21,19 +21,9 @@ double resident_share(int fd, uint64_t size) {
   if (size == 0) return 1;
   void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
   if (map == MAP_FAILED) return 0;
-  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  const uint64_t window = std::min(size, kWindowBytes) / page * page;
-  const uint64_t windows = window == 0 ? 0 : std::min<uint64_t>(kWindows, size / window);
-  std::vector<unsigned char> vec(window / page);
-  uint64_t in = 0, all = 0;
-  for (uint64_t i = 0; i < windows; ++i) {
-    uint64_t at = (size - window) / std::max<uint64_t>(1, windows - 1) * i / page * page;
-    if (::mincore(static_cast<char*>(map) + at, window, vec.data()) != 0) continue;
-    for (unsigned char v : vec) in += v & 1;
-    all += vec.size();
-  }
+  const double share = resident_in(map, size, kWindows, kWindowBytes);
   ::munmap(map, size);
-  return all ? static_cast<double>(in) / static_cast<double>(all) : 0;
+  return share;
 }
 
 int read_flag(const std::string& path) {
@@ -51,6 +41,29 @@ int rotational(int fd) {
 }
 
 }  // namespace
+
+double resident_in(const void* addr, uint64_t size, uint64_t windows, uint64_t window_bytes) {
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  // mincore wants a page-aligned start: widen the range to whole pages.
+  const uint64_t lead = reinterpret_cast<uintptr_t>(addr) % page;
+  auto* base = static_cast<char*>(const_cast<void*>(addr)) - lead;
+  size += lead;
+  if (size == 0) return 1;
+  const uint64_t window = std::max(page, std::min(size, window_bytes) / page * page);
+  windows = std::min<uint64_t>(windows, std::max<uint64_t>(1, size / window));
+  std::vector<unsigned char> vec(window / page);
+  uint64_t in = 0, all = 0;
+  for (uint64_t i = 0; i < windows; ++i) {
+    const uint64_t span = size > window ? size - window : 0;
+    const uint64_t at = span / std::max<uint64_t>(1, windows - 1) * i / page * page;
+    const uint64_t len = std::min(window, size - at);
+    if (::mincore(base + at, len, vec.data()) != 0) continue;
+    const uint64_t pages = (len + page - 1) / page;
+    for (uint64_t k = 0; k < pages; ++k) in += vec[k] & 1;
+    all += pages;
+  }
+  return all ? static_cast<double>(in) / static_cast<double>(all) : 0;
+}
 
 Medium probe_medium(int fd, uint64_t size) { return Medium{resident_share(fd, size), rotational(fd)}; }
 

@@ -16,6 +16,11 @@ struct Medium {
 // block device's queue/rotational from sysfs.
 Medium probe_medium(int fd, uint64_t size);
 
+// The share of `windows` spread windows of `window_bytes` (whole pages) in [addr, addr + size),
+// a mapping of a file, that the page cache holds (mincore; no page is read). 0 when it cannot
+// tell (a window mincore refuses is skipped).
+double resident_in(const void* addr, uint64_t size, uint64_t windows, uint64_t window_bytes);
+
 // Reads in flight per io_uring worker for that medium: cached data is copied by the CPU, so a
 // short queue does; flash wants many reads queued, a spinning disk few.
 unsigned auto_queue_depth(const Medium& m);
