@@ -17,15 +17,17 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _cache, _mapped, _native, _sources
+from . import _cache, _mapped, _native, _settings, _sources
 from .errors import FormatError
 
 INDEX_SUFFIX = ".safetensors.index.json"
 _PREFIX_NAMES = ("model.safetensors.index.json", "model.safetensors", "model.tensors")
 _MAX_INDEX_JSON = 64 << 20  # an index.json names shards; a bigger one is not an index
+_OPEN_AT_ONCE = 16  # remote shards opened side by side
 
 
 @dataclass
@@ -85,9 +87,10 @@ def _open_named(path: str, how: _How) -> Opened:
     try:  # a tensor file, most often: its index is read with no other request first
         return Opened(path, [_indexed(shard)])
     except FormatError:
-        if not _starts_like_json(shard):
+        raw = _read_head(shard, shard.source.size) if shard.source.size <= _MAX_INDEX_JSON else b""
+        if raw.lstrip(b" \t\r\n")[:1] != b"{":  # neither a tensor file nor an index.json
             raise
-    return _open_index_json(path, shard, how)
+    return _open_index_json(path, raw, how)
 
 
 def _as_location(obj: Any) -> str | None:
@@ -172,22 +175,21 @@ def _read_head(shard: Shard, n: int) -> bytes:
     return bytes(buf)
 
 
-def _starts_like_json(shard: Shard) -> bool:
-    """Whether a file starts with '{' (after whitespace): an index, not a tensor file."""
-    return _read_head(shard, 64).lstrip(b" \t\r\n")[:1] == b"{"
-
-
-def _open_index_json(path: str, shard: Shard, how: _How) -> Opened:
-    shard_names = shard_names_of(_read_small(shard), path)
-    base = posixpath.dirname(path) if _sources.is_remote(path) else os.path.dirname(path)
-    return Opened(path, [_indexed(_open_file(_join(base, n), how)) for n in shard_names])
-
-
-def _read_small(shard: Shard) -> bytes:
-    source = shard.source
-    if source.size > _MAX_INDEX_JSON:
-        raise FormatError(f"{source.name}: {source.size} bytes is too large for a checkpoint index", field="index")
-    return _read_head(shard, source.size)
+def _open_index_json(path: str, raw: bytes, how: _How) -> Opened:
+    """The shards that ``raw``, the index.json at ``path``, names, opened."""
+    shard_names = shard_names_of(raw, path)
+    remote = _sources.is_remote(path)
+    base = posixpath.dirname(path) if remote else os.path.dirname(path)
+    paths = [_join(base, n) for n in shard_names]
+    if not remote or how.cache is not None or len(paths) == 1:
+        return Opened(path, [_indexed(_open_file(p, how)) for p in paths])
+    # Each remote shard costs a size probe and a read of its header, a round trip each (and on a
+    # slow link, the header's bytes): the shards are opened side by side, not one after another,
+    # on no more connections than TENSORSTREAM_HTTP_CONNECTIONS allows when it is set.
+    at_once = min(len(paths), int(_settings.get("http_connections")) or _OPEN_AT_ONCE)
+    with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="tensorstream-open") as pool:
+        futures = [pool.submit(lambda p: _indexed(_open_file(p, how)), p) for p in paths]
+        return Opened(path, [f.result() for f in futures])  # the first shard's error, in shard order
 
 
 def shard_names_of(raw: bytes, label: str) -> list[str]:
