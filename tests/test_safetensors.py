@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 
 import pytest
@@ -188,6 +189,20 @@ def test_sharded_zero_copy_slices_each_shards_mapping(sharded, lazy):
     for shard in sorted(folder.glob("*.safetensors")):
         for name, tensor in safetensors.torch.load_file(str(shard)).items():
             assert_same(tensor, tensors[name])  # the file is unchanged by the write
+
+
+def test_a_shard_cut_short_after_opening_names_the_shard_and_tensor(sharded, tmp_path):
+    folder, tensors = sharded
+    for f in folder.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    with TensorDeserializer(tmp_path, lazy_load=True) as d:
+        second = tmp_path / "model-00002-of-00003.safetensors"
+        victim = next(n for n in safetensors.torch.load_file(str(second)) if tensors[n].numel())
+        header = struct.unpack("<Q", second.read_bytes()[:8])[0]
+        os.truncate(second, 8 + header)  # every tensor of the shard is gone
+        with pytest.raises(FormatError) as caught:
+            d[victim]
+    assert caught.value.tensor == victim and second.name in str(caught.value)
 
 
 def test_shard_folder_without_index(tmp_path):

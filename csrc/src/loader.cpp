@@ -190,7 +190,7 @@ std::vector<uint16_t> Loader::load_checked(const tz::Index& index, const std::ve
       stats_.reads += ops.size();
     }
   } catch (const ReadFailure& f) {
-    rethrow_read(f, index.entries[reqs[op_req[f.op()]].entry].name, *src_, "data");
+    rethrow_read(f, index.entries[reqs[op_req[f.op()]].entry], *src_, "data");
   }
   stats_.data_seconds = since(t0);
   stats_.hash_seconds = times.hash_seconds();

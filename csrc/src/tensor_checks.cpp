@@ -103,7 +103,7 @@ std::vector<TensorCheck> read_headers(ReadEngine& engine, const Source& src, con
       engine.run(ops, [](const Piece&) {});
     } catch (const ReadFailure& f) {
       const bool header = f.op() < headers;
-      rethrow_read(f, index.entries[reqs[begin + (header ? f.op() : 0)].entry].name, src, header ? "header" : "data");
+      rethrow_read(f, index.entries[reqs[begin + (header ? f.op() : 0)].entry], src, header ? "header" : "data");
     }
     for (size_t i = begin; i < end; ++i) {
       const auto& e = index.entries[reqs[i].entry];
@@ -163,12 +163,24 @@ void finish_check(TensorCheck& c, const std::string& name, const std::string& fi
   }
 }
 
-void rethrow_read(const ReadFailure& f, const std::string& tensor, const Source& src, const char* what) {
+namespace {
+[[noreturn]] void throw_read(const ReadFailure& f, const std::string& tensor, const Source& file, const char* what,
+                             const std::string& in) {
   if (f.err() == 0)
-    throw FormatError(std::string("file ended early while reading ") + what + " (" + f.what() + ")", tensor,
+    throw FormatError(std::string("file ended early while reading ") + what + " (" + f.what() + ")" + in, tensor,
                       what);
   throw IoError(f.err(), std::string("reading the ") + what + " of tensor " + printable_name(tensor) + " failed",
-                src.name());
+                file.name());
+}
+}  // namespace
+
+void rethrow_read(const ReadFailure& f, const std::string& tensor, const Source& src, const char* what) {
+  throw_read(f, tensor, src, what, "");
+}
+
+void rethrow_read(const ReadFailure& f, const tz::IndexEntry& entry, const Source& src, const char* what) {
+  const Source& file = *src.locate(entry.header_offset).part;  // the shard holding it, if sharded
+  throw_read(f, entry.name, file, what, &file != &src ? " in " + file.name() : std::string());
 }
 
 }  // namespace ts

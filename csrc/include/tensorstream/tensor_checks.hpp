@@ -58,5 +58,8 @@ void finish_check(TensorCheck& c, const std::string& name, const std::string& fi
 // A failed read as the error a user sees: FormatError if the source ended early, else IoError.
 [[noreturn]] void rethrow_read(const ReadFailure& f, const std::string& tensor, const Source& src,
                                const char* what);
+// The same for the tensor of `entry`, naming the file that holds it (a shard of a ShardSource).
+[[noreturn]] void rethrow_read(const ReadFailure& f, const tz::IndexEntry& entry, const Source& src,
+                               const char* what);
 
 }  // namespace ts

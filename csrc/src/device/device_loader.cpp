@@ -193,7 +193,7 @@ class DeviceLoader::Run {
     try {
       engine.run(ops, on_chunk);
     } catch (const ReadFailure& f) {
-      rethrow_read(f, entry(req_of(turn.segments[f.op()].tensor)).name, *L_.src_, "data");
+      rethrow_read(f, entry(req_of(turn.segments[f.op()].tensor)), *L_.src_, "data");
     }
     std::lock_guard<std::mutex> lock(mu_);
     reads_ += n;
