@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "check.hpp"
+#include "temp_file.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/io/engine.hpp"
 
@@ -17,14 +18,6 @@ std::vector<uint8_t> pattern(size_t n) {
   std::vector<uint8_t> v(n);
   for (size_t i = 0; i < n; ++i) v[i] = static_cast<uint8_t>(i * 131 + (i >> 9));
   return v;
-}
-
-std::string temp_file(const std::vector<uint8_t>& data) {
-  char path[] = "/tmp/tensorstream-test-XXXXXX";
-  int fd = mkstemp(path);
-  CHECK(write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()));
-  close(fd);
-  return path;
 }
 
 void run_all_backends(const Source& src, const std::vector<uint8_t>& data) {

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "check.hpp"
+#include "temp_file.hpp"
 #include "tensorstream/errors.hpp"
 #include "tensorstream/index_reader.hpp"
 #include "tensorstream/io/engine.hpp"
@@ -15,14 +16,6 @@
 using namespace ts;
 
 namespace {
-
-std::string temp_file(const std::vector<uint8_t>& data) {
-  char path[] = "/tmp/tensorstream-shard-XXXXXX";
-  int fd = mkstemp(path);
-  CHECK(write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()));
-  close(fd);
-  return path;
-}
 
 // Bytes that differ from file to file: part `k`, byte i.
 std::vector<uint8_t> bytes_of(int k, size_t n) {
