@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Page cache -> GPU: tensorstream against tensorizer, safetensors and torch.load, and the ceiling.
+"""Page cache -> GPU: tensorstream against tensorizer, safetensors, fastsafetensors, the Run:ai
+model streamer and torch.load, and the ceiling.
 
 The same synthetic model (see _model.py) is saved once per format and read into the page cache.
 Every load then runs in a fresh process that has already started CUDA: a load is timed from before
@@ -8,7 +9,9 @@ checked afterwards against fingerprints taken when the model was made (exact int
 bytes, computed on the device). Peak host RSS is the process's peak over its RSS just before the
 load. The ceiling is torch copying the same number of bytes from a pinned host buffer to the
 device. `ts-read` is tensorstream reading through its ring with the device copy left out (the
-read side alone).
+read side alone). `ts-st` is tensorstream reading the safetensors file of the same tensors;
+`fastsafetensors` (its `nogds` copier) and `runai` read that file too, each where its package is
+installed (a missing one is reported and skipped).
 
 --cpu-dry-run runs every step on the CPU (tensorstream through the ring's host stand-in, the peers
 into CPU memory, the ceiling as a host copy): for checking the script where there is no GPU; its
@@ -18,6 +21,7 @@ numbers mean nothing for the GPU targets.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -33,7 +37,9 @@ import _system  # noqa: E402
 
 GIB, MIB = 1 << 30, 1 << 20
 FILES = {"tensors": "model.tensors", "safetensors": "model.safetensors", "torch": "model.pt"}
-PEERS = ("tensorizer", "safetensors", "torch.load")
+PEERS = ("tensorizer", "safetensors", "fastsafetensors", "runai", "torch.load")
+# Peers that are optional: (method, module) run only where the module imports.
+OPTIONAL = {"fastsafetensors": "fastsafetensors", "runai": "runai_model_streamer"}
 RSS_ALLOWANCE_MIB = 300  # the issue's target: peak host RSS <= ring + this
 FP_CHUNK = 8 << 20
 
@@ -124,6 +130,21 @@ def _loader(method: str, device):
 
         def load(path):
             return load_file(path, device=str(device)), {}
+    elif method == "fastsafetensors":
+        from fastsafetensors import fastsafe_open
+
+        where = f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu"
+
+        def load(path):
+            with fastsafe_open(path, framework="pt", device=where, nogds=True) as f:
+                return {name: f.get_tensor(name) for name in f.keys()}, {"copier": "nogds"}
+    elif method == "runai":
+        from runai_model_streamer import SafetensorsStreamer
+
+        def load(path):
+            with SafetensorsStreamer() as streamer:
+                streamer.stream_files([path], device=str(device))
+                return dict(streamer.get_tensors()), {}
     elif method == "torch.load":
         def load(path):
             sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -238,10 +259,16 @@ def methods_for(args) -> list[tuple[str, str, dict]]:
     out += [(f"ts-ring-{mb}M", "tensors", {**dry, "TENSORSTREAM_RING_MB": str(mb)}) for mb in args.ring_sweep]
     for name, env in args.variant:
         out.append((f"ts-{name}", "tensors", {**dry, "TENSORSTREAM_RING_MB": str(args.ring_mb), **env}))
-    out += [("ts-read", "tensors", {"TENSORSTREAM_RING_MB": str(args.ring_mb)}), ("tensorizer", "tensors", {}),
-            ("safetensors", "safetensors", {}), ("torch.load", "torch", {}), ("ceiling", "tensors", {})]
-    variants = [m for m in out if m[0].startswith("ts-") and m[0] != "ts-read"]
-    return [m for m in out if m[0] in args.methods or (m in variants and "tensorstream" in args.methods)]
+    out += [("ts-st", "safetensors", {**dry, "TENSORSTREAM_RING_MB": str(args.ring_mb)}),
+            ("ts-read", "tensors", {"TENSORSTREAM_RING_MB": str(args.ring_mb)}), ("tensorizer", "tensors", {}),
+            ("safetensors", "safetensors", {}), ("fastsafetensors", "safetensors", {}), ("runai", "safetensors", {}),
+            ("torch.load", "torch", {}), ("ceiling", "tensors", {})]
+    variants = [m for m in out if m[0].startswith("ts-") and m[0] not in ("ts-read", "ts-st")]
+    chosen = [m for m in out if m[0] in args.methods or (m in variants and "tensorstream" in args.methods)]
+    missing = [m for m, _, _ in chosen if m in OPTIONAL and importlib.util.find_spec(OPTIONAL[m]) is None]
+    for m in missing:
+        log(f"skip     {m}: the {OPTIONAL[m]} package is not installed")
+    return [m for m in chosen if m[0] not in missing]
 
 
 def summarize(method: str, runs: list[dict], nbytes: int) -> dict:
@@ -273,6 +300,12 @@ def targets(s: dict, ring_mb: int) -> list[dict]:
     for peer in ("safetensors", "torch.load"):
         p = gbps(peer)
         add(f"faster than {peer}", ts and p and ts > p, f"{ts / p:.2f}x" if ts and p else "not measured")
+    st = gbps("ts-st")  # the safetensors file through the same engine
+    add("ts-st (safetensors) >= 95% of tensorstream (.tensors)", st and ts and st >= 0.95 * ts,
+        f"{st / ts:.2f}x" if st and ts else "not measured")
+    for peer in ("safetensors", "fastsafetensors", "runai"):
+        p = gbps(peer)
+        add(f"ts-st faster than {peer}", st and p and st > p, f"{st / p:.2f}x" if st and p else "not measured")
     growth = (s.get("tensorstream") or {}).get("rss_growth_mib")
     add(f"peak host RSS <= ring ({ring_mb} MiB) + {RSS_ALLOWANCE_MIB} MiB",
         growth is not None and growth <= ring_mb + RSS_ALLOWANCE_MIB,
@@ -364,7 +397,7 @@ def _variant(text: str) -> tuple[str, dict]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    all_methods = ["tensorstream", "ts-read", *PEERS, "ceiling"]
+    all_methods = ["tensorstream", "ts-st", "ts-read", *PEERS, "ceiling"]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size-gib", type=float, default=2.0, help="model size (default 2.0)")
     p.add_argument("--runs", type=int, default=3, help="loads per method, each in a fresh process (median)")

@@ -4,7 +4,8 @@
 #   DEST/debs/    .deb files: the build dependencies (headers, pkg-config) and every library they
 #                 need at run time, except the few every system has (libc, libstdc++, ...)
 #   DEST/wheels/  wheels for CPython 3.12 on x86-64: tensorizer and what it needs beyond torch,
-#                 numpy, protobuf and psutil, and the build backend (pybind11, scikit-build-core)
+#                 numpy, protobuf and psutil, the build backend (pybind11, scikit-build-core), and
+#                 the safetensors peers of bench_gpu.py (fastsafetensors, the Run:ai streamer)
 #   DEST/python3.12-include/  CPython 3.12's headers, from a local Python 3.12 if there is one
 #                 (used only where the GPU machine's Python has no Python.h)
 # DEST defaults to .gpu-deps (ignored by git). Nothing is installed here.
@@ -31,7 +32,8 @@ rm -f "$DEST"/debs/*.deb
 
 # Versions as tested here; --no-deps so that pip never pulls torch or numpy.
 WHEELS=(tensorizer==2.12.1 boto3==1.44.8 botocore==1.44.8 s3transfer==0.19.3 jmespath==1.1.0
-        redis==8.1.0 hiredis==3.5.0 libnacl==2.1.0 pybind11==3.1.0 scikit-build-core==1.1.2)
+        redis==8.1.0 hiredis==3.5.0 libnacl==2.1.0 pybind11==3.1.0 scikit-build-core==1.1.2
+        fastsafetensors==0.5.0 runai-model-streamer==0.17.1 humanize==4.17.0)
 PLATFORMS=()
 for p in manylinux_2_39 manylinux_2_35 manylinux_2_34 manylinux_2_31 manylinux_2_28 manylinux_2_27 \
          manylinux_2_24 manylinux_2_17 manylinux2014 manylinux1; do

@@ -67,8 +67,8 @@ fi
 
 step "Python packages"
 wheels=("$DEPS"/wheels/*.whl)
-if "$PY" -c "import tensorizer, safetensors, pybind11, scikit_build_core" 2>/dev/null; then
-  echo "already importable: tensorizer, safetensors, pybind11, scikit-build-core"
+if "$PY" -c "import tensorizer, safetensors, pybind11, scikit_build_core, fastsafetensors, runai_model_streamer" 2>/dev/null; then
+  echo "already importable: tensorizer, safetensors, pybind11, scikit-build-core, fastsafetensors, runai-model-streamer"
 elif ((${#wheels[@]})); then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "${wheels[@]}" \
     || record wheels "FAIL: pip could not install the carried wheels"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -33,14 +34,17 @@ def test_dry_run_loads_every_method_and_writes_its_results(tmp_path):
     report = json.loads((out / "bench_gpu.json").read_text())
     assert report["ok"] and report["dry_run"]
     loads = {s["method"]: s for s in report["loads"]}
-    assert sorted(loads) == sorted(["tensorstream", "ts-ring-1M", "ts-one", "ts-read", "tensorizer",
-                                    "safetensors", "torch.load", "ceiling"])
+    optional = [m for m, module in _bench_module().OPTIONAL.items() if importlib.util.find_spec(module)]
+    assert sorted(loads) == sorted(["tensorstream", "ts-ring-1M", "ts-one", "ts-st", "ts-read", "tensorizer",
+                                    "safetensors", "torch.load", "ceiling", *optional])
     for name, s in loads.items():
         assert s["check"] == ("n/a" if name in ("ts-read", "ceiling") else "pass"), (name, s)
         assert s["gbps"] > 0, (name, s)
     assert loads["tensorstream"]["notes"]["ring_bytes"] == 2 << 20
     assert loads["tensorstream"]["notes"]["turns"] >= 5  # the model went through the small ring
-    assert len(report["targets"]) == 5
+    assert len(report["targets"]) == 9
+    st = next(t for t in report["targets"] if t["target"].startswith("ts-st (safetensors)"))
+    assert st["detail"] != "not measured"  # the safetensors file went through the ring too
     text = (out / "bench_gpu.txt").read_text()
     assert "ceiling" in text and "target" in text
 
