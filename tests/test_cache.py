@@ -439,6 +439,28 @@ def test_sharded_safetensors_prefix_and_safe_open(server, tmp_path, monkeypatch)
     _check(tensorstream.load(prefix, device="cpu", cache_dir=cache), want)
 
 
+def test_sharded_checkpoint_read_lazily_then_through_the_ring_from_the_cache(server, tmp_path, monkeypatch):
+    """The shards' cache entries are the parts of one source: partial entries filled tensor by
+    tensor on lazy access, then complete entries read through the ring's host stand-in."""
+    want = _tensors()
+    names = list(want)
+    weight_map = {}
+    (server.root / "sh").mkdir()
+    for i, part in enumerate([names[:1], names[1:3], names[3:]]):
+        shard = f"model-0000{i + 1}-of-00003.safetensors"
+        safetensors.torch.save_file({n: want[n] for n in part}, str(server.root / "sh" / shard))
+        weight_map.update((n, shard) for n in part)
+    (server.root / "sh" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    prefix, cache = server.url("sh/"), tmp_path / "cache"
+    with TensorDeserializer(prefix, device="cpu", lazy_load=True, cache_dir=cache) as d:
+        for name in reversed(names):
+            assert_same(d[name], want[name])
+    monkeypatch.setenv("TENSORSTREAM_DEVICE_STANDIN", "host")
+    monkeypatch.setenv("TENSORSTREAM_CACHE_OFFLINE", "1")
+    server.stop()  # every byte comes from the entries now
+    _check(tensorstream.load(prefix, device="cpu", cache_dir=cache), want)
+
+
 # ------------------------------------------------------------------------------ other loaders
 
 
