@@ -6,12 +6,6 @@
 #include "tensorstream/format/names.hpp"
 #include "tensorstream/format/safetensors.hpp"
 
-namespace ts {
-namespace {
-constexpr uint64_t kLocalFirstRead = 64u << 10;
-}  // namespace
-}  // namespace ts
-
 namespace ts::tz {
 
 Index read_index(const Source& src, std::vector<uint8_t> buf, const CancelToken* cancel) {
@@ -55,6 +49,10 @@ tz::Index read_index(const Source& src, std::vector<uint8_t> buf, const CancelTo
 }  // namespace ts::st
 
 namespace ts {
+
+namespace {
+constexpr uint64_t kLocalFirstRead = 64u << 10;  // what a local index read takes first
+}  // namespace
 
 tz::Index read_any_index(const Source& src, const CancelToken* cancel) {
   // A remote source gets the usual index in one request; a local one reads a little first (a

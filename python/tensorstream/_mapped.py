@@ -83,10 +83,6 @@ class MappedLoader(_native.CoreWrapper):
         """One uint8 tensor per ``(offset, nbytes)`` (offsets in the source, each span within one
         file), each owning a storage over its file's mapping; ``populate`` maps the pages up front
         where the page cache lacks some (see ``_populate``)."""
-        if len(self.regions) == 1:
-            if populate:
-                _populate(self.regions[0], spans)
-            return _arena.slices_of(self.regions[0], 0, spans) if spans else []
         by_file: dict[int, list[tuple[int, int, int]]] = {}
         for k, (offset, nbytes) in enumerate(spans):
             i = bisect.bisect_right(self.starts, offset) - 1
